@@ -1,0 +1,95 @@
+"""The interactive terminal: streamed answers under a live status line."""
+
+from __future__ import annotations
+
+import codecs
+from dataclasses import fields
+from typing import Any
+
+from edgespec.edge_client.client import EdgeClient, new_session_id
+from edgespec.edge_client.stats import GenerationStats
+from edgespec.wire.errors import WireError
+from rich.console import Console, Group
+from rich.live import Live
+from rich.text import Text
+
+HELP = "/reset starts over, /stats shows totals, /quit leaves"
+
+
+def _status(stats: GenerationStats, note: str = "") -> Text:
+    line = (f"acceptance {stats.acceptance_rate:.0%} · {stats.tokens_per_s:.1f} tok/s · "
+            f"RTT {stats.round_trip_ms:.0f} ms · {stats.tokens_per_round:.1f} tok/round")
+    return Text(f"{line}  {note}".rstrip(), style="dim")
+
+
+def run_chat(client: EdgeClient, max_tokens: int, system: str | None) -> None:
+    console = Console()
+    console.print(f"[bold]edgespec[/] · target [cyan]{client.welcome.model_name}[/] at "
+                  f"{client.config.server} · {HELP}")
+    messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
+    session_id = new_session_id()
+    totals = GenerationStats()
+    while True:
+        try:
+            user = console.input("[bold green]you>[/] ").strip()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not user:
+            continue
+        if user == "/quit":
+            break
+        if user == "/reset":
+            client.end_session(session_id)
+            messages = messages[:1] if system else []
+            session_id = new_session_id()
+            console.print("[dim]conversation cleared[/]")
+            continue
+        if user == "/stats":
+            console.print_json(data=totals.as_dict())
+            continue
+        if user.startswith("/"):
+            console.print(f"[yellow]unknown command[/] {user}: {HELP}")
+            continue
+        messages.append({"role": "user", "content": user})
+        answer = _answer(console, client, session_id, messages, max_tokens, totals)
+        messages.append({"role": "assistant", "content": answer})
+    client.end_session(session_id)
+    client.close()
+
+
+def _answer(console: Console, client: EdgeClient, session_id: int,
+            messages: list[dict[str, str]], max_tokens: int, totals: GenerationStats) -> str:
+    tokens = client.chat_tokens(messages)
+    prompt_length = len(tokens)
+    stats = GenerationStats()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text = Text()
+    note = ""
+
+    def view() -> Any:
+        return Group(Text("bot> ", style="bold blue") + text, _status(stats, note))
+
+    with Live(view(), console=console, refresh_per_second=12, transient=False) as live:
+        def on_wait(message: str) -> None:
+            nonlocal note
+            note = message
+            live.update(view())
+
+        try:
+            for new in client.generate(session_id, tokens, max_tokens, stats, on_wait=on_wait):
+                visible = [t for t in new if t not in client.stop_ids]
+                text.append(decoder.decode(client.drafter.detokenize(visible)))
+                note = ""
+                live.update(view())
+        except WireError as exc:
+            note = f"[error: {exc}]"
+        except KeyboardInterrupt:
+            note = "[interrupted]"
+        live.update(view())
+    _accumulate(totals, stats)
+    return client.text(tokens[prompt_length:])
+
+
+def _accumulate(totals: GenerationStats, stats: GenerationStats) -> None:
+    for f in fields(GenerationStats):
+        setattr(totals, f.name, getattr(totals, f.name) + getattr(stats, f.name))

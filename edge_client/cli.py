@@ -1,0 +1,182 @@
+"""``edgespec chat`` and ``edgespec generate``: the user's side of split speculative decoding."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from edgespec.edge_client.config import ClientConfig, default_threads
+
+DEFAULT_SERVER = "tcp://127.0.0.1:5557"
+
+
+def _common(fn: Any) -> Any:
+    options = [
+        click.option("--server", default=DEFAULT_SERVER, show_default=True,
+                     help="verifyd endpoint."),
+        click.option("--draft", "draft", default="default", show_default=True,
+                     help="Draft GGUF path, 'default' (bundled SmolLM2-135M Q4_1) or 'hard' "
+                          "(the same requantized to Q2_K)."),
+        click.option("--threads", type=int, default=None,
+                     help="llama.cpp threads for the draft [default: cores, up to 8]."),
+        click.option("--draft-tokens", "-k", type=click.IntRange(0, 64), default=16,
+                     show_default=True, help="Most tokens drafted per round (0 = target only)."),
+        click.option("--fixed-k", is_flag=True,
+                     help="Always draft --draft-tokens instead of adapting k per round."),
+        click.option("--draft-ahead", type=click.IntRange(0, 64), default=0, show_default=True,
+                     help="Keep drafting this many tokens while a verdict is in flight "
+                          "(hides network latency; costs CPU when draft and daemon share it)."),
+        click.option("--timeout", type=float, default=120.0, show_default=True,
+                     help="Seconds to wait for the daemon before giving up."),
+        click.option("--cache-dir", type=click.Path(), default=None,
+                     help="Model cache [default: ~/.cache/edgespec]."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
+            draft_ahead: int, timeout: float, cache_dir: str | None) -> ClientConfig:
+    from edgespec.models.paths import default_cache_dir, resolve_draft
+
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    return ClientConfig(
+        server=server, draft_path=str(resolve_draft(draft, cache)),
+        threads=threads or default_threads(), draft_tokens=draft_tokens,
+        adaptive=not fixed_k, draft_ahead=draft_ahead, timeout_s=timeout,
+    )
+
+
+def _connect(config: ClientConfig) -> Any:
+    from edgespec.edge_client.client import EdgeClient
+    from edgespec.wire.errors import WireError
+
+    try:
+        return EdgeClient(config)
+    except WireError as exc:
+        raise click.ClickException(f"cannot use {config.server}: {exc}") from exc
+
+
+@click.group()
+def main() -> None:
+    """Speculative decoding with the draft on this machine and the target on a verifyd."""
+
+
+# ---------------------------------------------------------------- generate
+
+
+def _read_prompts(prompt: str | None, prompt_file: str | None) -> Iterator[dict[str, Any]]:
+    if prompt is not None:
+        yield {"id": None, "prompt": prompt}
+        return
+    assert prompt_file is not None
+    with open(prompt_file, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                if not isinstance(item, dict) or not isinstance(item.get("prompt"), str):
+                    raise ValueError('each line needs a string "prompt"')
+            except ValueError as exc:
+                yield {"id": f"line {number}", "error": f"bad prompt line {number}: {exc}"}
+                continue
+            yield item
+
+
+@main.command(context_settings={"show_default": True})
+@_common
+@click.option("--prompt", default=None, help="One prompt.")
+@click.option("--prompt-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help='JSON lines: {"id": ..., "prompt": ..., and optionally "max_tokens", '
+                   '"draft_tokens", "raw"}.')
+@click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
+@click.option("--max-tokens", type=click.IntRange(1, 32768), default=256)
+@click.option("--temperature", type=click.FloatRange(0.0, 0.0), default=0.0,
+              help="0 = greedy, token-identical to the target alone.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per prompt on stdout.")
+def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
+             draft_ahead: int, timeout: float, cache_dir: str | None, prompt: str | None,
+             prompt_file: str | None, raw: bool, max_tokens: int, temperature: float,
+             as_json: bool) -> None:
+    """Answer prompts non-interactively."""
+    from edgespec.edge_client.client import new_session_id
+    from edgespec.edge_client.stats import GenerationStats
+    from edgespec.wire.errors import WireError
+
+    if (prompt is None) == (prompt_file is None):
+        raise click.UsageError("give exactly one of --prompt and --prompt-file")
+    config = _config(server, draft, threads, draft_tokens, fixed_k, draft_ahead, timeout,
+                     cache_dir)
+    client = _connect(config)
+    failed = 0
+    for item in _read_prompts(prompt, prompt_file):
+        result: dict[str, Any] = {"id": item.get("id")} if prompt_file else {}
+        if "error" in item:
+            result["error"] = item["error"]
+            failed += 1
+            _emit(result, as_json)
+            continue
+        try:
+            text = item["prompt"]
+            tokens = (client.drafter.tokenize(text) if item.get("raw", raw)
+                      else client.chat_tokens([{"role": "user", "content": text}]))
+            prompt_ids = list(tokens)
+            k = int(item.get("draft_tokens", draft_tokens))
+            limit = int(item.get("max_tokens", max_tokens))
+            if not (0 <= k <= 64 and 1 <= limit <= 32768):
+                raise ValueError("draft_tokens must be in 0..64 and max_tokens in 1..32768")
+            stats = GenerationStats()
+            sid = new_session_id()
+            for _ in client.generate(sid, tokens, limit, stats, policy=client.new_policy(k)):
+                pass
+            client.end_session(sid)
+            generated = tokens[len(prompt_ids):]
+            result.update(prompt_token_ids=prompt_ids, token_ids=generated,
+                          text=client.text(generated), stats=stats.as_dict())
+        except (WireError, ValueError, TypeError) as exc:
+            result["error"] = f"{type(exc).__name__}: {exc}"
+            failed += 1
+        _emit(result, as_json)
+    client.close()
+    if failed and not as_json:
+        sys.exit(1)
+
+
+def _emit(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result))
+    elif "error" in result:
+        click.echo(f"error: {result['error']}", err=True)
+    else:
+        click.echo(result["text"])
+        s = result["stats"]
+        click.echo(f"[{s['generated']} tokens, {s['tokens_per_s']} tok/s, acceptance "
+                   f"{s['acceptance_rate']:.1%}, {s['rounds']} rounds]", err=True)
+
+
+# ---------------------------------------------------------------- chat
+
+
+@main.command()
+@_common
+@click.option("--max-tokens", type=click.IntRange(1, 32768), default=512, show_default=True)
+@click.option("--system", default=None, help="Optional system prompt.")
+def chat(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
+         draft_ahead: int, timeout: float, cache_dir: str | None, max_tokens: int,
+         system: str | None) -> None:
+    """Chat in the terminal; /reset, /stats, /quit."""
+    from edgespec.edge_client.chat_ui import run_chat
+
+    config = _config(server, draft, threads, draft_tokens, fixed_k, draft_ahead, timeout,
+                     cache_dir)
+    run_chat(_connect(config), max_tokens, system)
+
+
+if __name__ == "__main__":
+    main()

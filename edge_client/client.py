@@ -1,0 +1,74 @@
+"""The edge client: the drafter, the link and the daemon's WELCOME, checked against each other."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import Callable, Iterator
+
+from edgespec.edge_client.chat_template import render_chat
+from edgespec.edge_client.config import ClientConfig
+from edgespec.edge_client.draft_length import DraftLength
+from edgespec.edge_client.drafter import Drafter
+from edgespec.edge_client.spec_loop import speculate
+from edgespec.edge_client.stats import GenerationStats
+from edgespec.edge_client.transport import Link
+from edgespec.models.fingerprint import describe_mismatch, fingerprint_llama
+from edgespec.wire.codec import Close
+from edgespec.wire.errors import ModelMismatch, WireError
+
+
+def new_session_id() -> int:
+    return secrets.randbits(63) | 1
+
+
+class EdgeClient:
+    def __init__(self, config: ClientConfig):
+        self.config = config
+        self.drafter = Drafter(config.draft_path, n_ctx=config.n_ctx, n_threads=config.threads)
+        self.fingerprint = fingerprint_llama(self.drafter.llm)
+        self.link = Link(config.server, timeout_s=config.timeout_s)
+        self.welcome = self.link.hello(self.fingerprint)
+        if self.welcome.fingerprint != self.fingerprint:
+            raise ModelMismatch(
+                "the daemon's target does not share the draft's tokenizer: "
+                + describe_mismatch(self.fingerprint, self.welcome.fingerprint)
+            )
+        self.stop_ids = tuple(self.welcome.eos_ids)
+        self.policy = self.new_policy(config.draft_tokens)
+
+    def new_policy(self, draft_tokens: int) -> DraftLength:
+        k_max = min(draft_tokens, self.welcome.max_draft_tokens)
+        return DraftLength(k_max=k_max, adaptive=self.config.adaptive)
+
+    def close(self) -> None:
+        self.link.close()
+
+    def chat_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        """The target's chat template over ``messages``, tokenized like the target would."""
+        llm = self.drafter.llm
+        text = render_chat(
+            self.welcome.chat_template, messages,
+            bos_token=self.drafter.token_text(llm.token_bos()),
+            eos_token=self.drafter.token_text(llm.token_eos()),
+        )
+        return self.drafter.tokenize(text, special=True)
+
+    def generate(self, session_id: int, tokens: list[int], max_new_tokens: int,
+                 stats: GenerationStats, policy: DraftLength | None = None,
+                 on_wait: Callable[[str], None] | None = None) -> Iterator[list[int]]:
+        """Extend ``tokens`` in place; yield each round's verified tokens."""
+        return speculate(
+            self.drafter, self.link, session_id, tokens, max_new_tokens,
+            policy or self.policy, self.stop_ids, stats,
+            draft_ahead=self.config.draft_ahead, on_wait=on_wait,
+        )
+
+    def end_session(self, session_id: int) -> None:
+        """Free the daemon's copy; ours is the truth, so failure here loses nothing."""
+        with contextlib.suppress(WireError):  # best effort: the daemon expires idle ones
+            self.link.request(Close(), session_id, timeout_s=5.0)
+
+    def text(self, tokens: list[int]) -> str:
+        visible = [t for t in tokens if t not in self.stop_ids]
+        return self.drafter.detokenize(visible).decode("utf-8", "replace")

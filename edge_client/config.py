@@ -1,0 +1,31 @@
+"""Client settings: one frozen object, built once in ``cli.py`` and passed down."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+def default_threads() -> int:
+    """All cores up to 8: locally the draft and the daemon take turns, they rarely overlap."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    server: str = "tcp://127.0.0.1:5557"
+    draft_path: str = ""
+    threads: int = 2
+    n_ctx: int = 4096
+    draft_tokens: int = 16  # the most tokens one round may draft
+    adaptive: bool = True  # pick k per round from live acceptance and timings
+    draft_ahead: int = 0  # keep drafting this many tokens while a verdict is in flight
+    timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.draft_tokens <= 64:
+            raise ValueError("draft_tokens must be in 0..64")
+        if self.threads < 1:
+            raise ValueError("threads must be at least 1")
+        if self.draft_ahead < 0:
+            raise ValueError("draft_ahead must not be negative")

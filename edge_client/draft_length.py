@@ -1,0 +1,58 @@
+"""Choose the draft length k per round from live acceptance and timing measurements.
+
+With per-token acceptance probability a, a draft of k tokens yields on average
+(1 - a^(k+1)) / (1 - a) tokens (accepted prefix plus the target's own token). A round costs
+k drafting steps plus one round trip (wire + verification). We pick the k that maximises
+tokens per second under those two running estimates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def expected_tokens(a: float, k: int) -> float:
+    """Mean tokens a round yields for acceptance ``a`` and draft length ``k``."""
+    if a >= 1.0:
+        return float(k + 1)
+    return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+@dataclass(slots=True)
+class DraftLength:
+    """Running estimates; ``next_k`` is called before each round, ``observe`` after it."""
+
+    k_max: int
+    k_min: int = 1
+    adaptive: bool = True
+    smoothing: float = 0.2
+    accepted: float = 8.0  # prior: pseudo-counts of accepted and rejected draft tokens
+    rejected: float = 1.0
+    draft_s_per_token: float = 0.008
+    round_trip_s: float = 0.08
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / (self.accepted + self.rejected)
+
+    def next_k(self, remaining: int) -> int:
+        """Draft length for the next round, never more than the tokens still wanted - 1."""
+        cap = max(0, min(self.k_max, remaining - 1))
+        if not self.adaptive or cap <= self.k_min:
+            return cap
+        a = min(self.acceptance, 0.999)
+
+        def rate(k: int) -> float:
+            return expected_tokens(a, k) / (k * self.draft_s_per_token + self.round_trip_s)
+
+        return max(range(self.k_min, cap + 1), key=rate)
+
+    def observe(self, k: int, accepted: int, draft_s: float, round_trip_s: float) -> None:
+        """Fold one round in; a full accept says nothing about rejection, a miss counts one."""
+        decay = 1.0 - self.smoothing
+        self.accepted = self.accepted * decay + accepted
+        self.rejected = self.rejected * decay + (1.0 if accepted < k else 0.0)
+        if k > 0:
+            per_token = draft_s / k
+            self.draft_s_per_token += self.smoothing * (per_token - self.draft_s_per_token)
+        self.round_trip_s += self.smoothing * (round_trip_s - self.round_trip_s)

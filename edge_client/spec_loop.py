@@ -1,0 +1,131 @@
+"""The speculative loop: draft, send, keep drafting while the verdict is in flight, accept,
+roll back.
+
+Read top to bottom like gpt-fast's ``speculative_decode``. The client owns the conversation:
+``tokens`` is the only copy of the truth, so whenever the daemon loses our session (restart,
+eviction) we re-open it from ``tokens`` and lose time, never a token.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+from edgespec.edge_client.draft_length import DraftLength
+from edgespec.edge_client.drafter import Drafter
+from edgespec.edge_client.stats import GenerationStats
+from edgespec.edge_client.transport import Link
+from edgespec.wire.codec import Draft, Open, Opened, Verdict
+from edgespec.wire.errors import Overloaded, UnknownSession, WireError
+
+MAX_REOPENS = 8
+BACKOFF_S = (0.25, 8.0)
+
+
+def speculate(
+    drafter: Drafter,
+    link: Link,
+    session_id: int,
+    tokens: list[int],
+    max_new_tokens: int,
+    policy: DraftLength,
+    stop_ids: Sequence[int],
+    stats: GenerationStats,
+    draft_ahead: int = 0,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[list[int]]:
+    """Extend ``tokens`` in place by up to ``max_new_tokens``; yield each round's new tokens.
+
+    ``draft_ahead`` > 0 keeps drafting up to that many tokens past the draft while the
+    verdict is in flight; they become the head of the next draft if the round was accepted
+    whole and the target's bonus token equals the draft's own guess.
+    """
+    start = time.perf_counter()
+    sent0, received0 = link.bytes_sent, link.bytes_received
+    stops = set(stop_ids)
+    open_seq = link.send(Open(list(tokens), max_new_tokens), session_id)
+    opened = False
+    ahead: list[int] = []  # already drafted and evaluated beyond ``tokens``
+    generated = 0
+    try:
+        while generated < max_new_tokens:
+            # ---- draft k tokens (the head may already be drafted from the last round)
+            k = max(len(ahead), policy.next_k(max_new_tokens - generated))
+            t0 = time.perf_counter()
+            drafter.sync(tokens + ahead)
+            draft = ahead + drafter.draft(k - len(ahead))
+            t1 = time.perf_counter()
+            stats.draft_s += t1 - t0
+            if not opened:
+                _await_open(link, open_seq, session_id, tokens, max_new_tokens - generated,
+                            stats, on_wait)
+                opened = True
+            # ---- send, draft ahead while the verdict is in flight, then take the verdict
+            t2 = time.perf_counter()
+            seq = link.send(Draft(len(tokens), draft), session_id)
+            guesses: list[int] = []
+            reply = link.poll(seq)
+            while reply is None and len(guesses) < draft_ahead and draft:
+                guesses += drafter.draft(1)
+                reply = link.poll(seq)
+            t3 = time.perf_counter()
+            try:
+                verdict = reply if reply is not None else link.wait(seq)
+            except UnknownSession:
+                open_seq = link.send(Open(list(tokens), max_new_tokens - generated), session_id)
+                opened, ahead = False, []
+                stats.reopens += 1
+                if stats.reopens > MAX_REOPENS:
+                    raise
+                continue
+            if not isinstance(verdict, Verdict):
+                raise WireError(f"expected VERDICT, got {type(verdict).__name__}")
+            t4 = time.perf_counter()
+            stats.draft_s += t3 - t2 if guesses else 0.0
+            stats.wait_s += t4 - t2
+            stats.verify_s += verdict.verify_us / 1e6
+            policy.observe(len(draft), verdict.accepted, t1 - t0, t4 - t2)
+            # ---- accept: the verified prefix plus the target's own token
+            new = [*draft[: verdict.accepted], verdict.next_token]
+            full = verdict.accepted == len(draft)
+            ahead = guesses[1:] if full and guesses and guesses[0] == verdict.next_token else []
+            new = new[: max_new_tokens - generated]
+            cut = next((i for i, t in enumerate(new) if t in stops), None)
+            if cut is not None:
+                new = new[: cut + 1]
+            tokens.extend(new)
+            generated += len(new)
+            stats.rounds += 1
+            stats.drafted += len(draft)
+            stats.accepted += verdict.accepted
+            stats.rejected_rounds += int(not full)
+            stats.generated += len(new)
+            yield new
+            if cut is not None:
+                return
+    finally:
+        stats.wall_s += time.perf_counter() - start
+        stats.bytes_sent += link.bytes_sent - sent0
+        stats.bytes_received += link.bytes_received - received0
+
+
+def _await_open(link: Link, seq: int, session_id: int, tokens: list[int], max_new: int,
+                stats: GenerationStats, on_wait: Callable[[str], None] | None) -> None:
+    """Wait for OPENED; when the server is full, back off with jitter and ask again."""
+    t0 = time.perf_counter()
+    delay = BACKOFF_S[0]
+    while True:
+        try:
+            reply = link.wait(seq)
+        except Overloaded as exc:
+            if on_wait is not None:
+                on_wait(f"server busy ({exc}); retrying in {delay:.1f} s")
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, BACKOFF_S[1])
+            seq = link.send(Open(list(tokens), max_new), session_id)
+            continue
+        if not isinstance(reply, Opened):
+            raise WireError(f"expected OPENED, got {type(reply).__name__}")
+        stats.open_s += time.perf_counter() - t0
+        return

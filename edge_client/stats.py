@@ -1,0 +1,57 @@
+"""Per-generation counters the client reports in its status line and ``--json`` output."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(slots=True)
+class GenerationStats:
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    rejected_rounds: int = 0  # rounds ended by a rejection rather than a full accept
+    generated: int = 0
+    wall_s: float = 0.0
+    draft_s: float = 0.0  # drafting on this machine, including drafting ahead during a round
+    wait_s: float = 0.0  # blocked on the daemon: wire + queueing + verification
+    verify_s: float = 0.0  # the daemon's own verification time, as it reports it
+    open_s: float = 0.0  # waiting for the session to open (daemon prefill)
+    reopens: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def per_token_acceptance(self) -> float:
+        """Estimate of the chance each draft token is accepted (geometric model)."""
+        trials = self.accepted + self.rejected_rounds
+        return self.accepted / trials if trials else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.generated / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def tokens_per_round(self) -> float:
+        return self.generated / self.rounds if self.rounds else 0.0
+
+    @property
+    def round_trip_ms(self) -> float:
+        return 1000.0 * self.wait_s / self.rounds if self.rounds else 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        out: dict[str, float | int] = asdict(self)
+        out.update(
+            acceptance_rate=round(self.acceptance_rate, 4),
+            per_token_acceptance=round(self.per_token_acceptance, 4),
+            tokens_per_s=round(self.tokens_per_s, 2),
+            tokens_per_round=round(self.tokens_per_round, 3),
+            round_trip_ms=round(self.round_trip_ms, 2),
+        )
+        for key in ("wall_s", "draft_s", "wait_s", "verify_s", "open_s"):
+            out[key] = round(float(out[key]), 4)
+        return out

@@ -1,0 +1,106 @@
+"""Shared fixtures: the real models (converted once, cached) and a real verifyd subprocess."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from edgespec.tools.daemon_proc import DaemonProcess, start_daemon
+
+# The draft and the target share this machine's cores in tests; pin both on purpose.
+THREADS = int(os.environ.get("EDGESPEC_TEST_THREADS", "2"))
+
+
+@pytest.fixture(scope="session")
+def cache_dir() -> Path:
+    from edgespec.models.paths import default_cache_dir
+
+    path = default_cache_dir()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def draft_gguf() -> Path:
+    from edgespec.models.paths import default_draft_gguf
+
+    return default_draft_gguf()
+
+
+@pytest.fixture(scope="session")
+def target_dir(cache_dir: Path, draft_gguf: Path) -> Path:
+    from edgespec.models.convert import ensure_target_snapshot
+
+    return ensure_target_snapshot(draft_gguf, cache_dir, progress=False)
+
+
+@pytest.fixture(scope="session")
+def daemon(target_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+    log = tmp_path_factory.mktemp("verifyd") / "verifyd.log"
+    d = start_daemon(target_dir, log, threads=THREADS)
+    yield d
+    d.stop()
+
+
+class TargetAlone:
+    """The reference: plain transformers greedy ``generate`` on the same target and dtype."""
+
+    def __init__(self, target: Path):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(THREADS)
+        self.torch = torch
+        self.model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+        self._memo: dict[tuple[tuple[int, ...], int], list[int]] = {}
+
+    def greedy(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        key = (tuple(prompt_ids), max_new_tokens)
+        if key not in self._memo:
+            ids = self.torch.tensor([prompt_ids])
+            with self.torch.inference_mode():
+                out = self.model.generate(
+                    ids, attention_mask=self.torch.ones_like(ids), do_sample=False,
+                    max_new_tokens=max_new_tokens, pad_token_id=self.model.config.eos_token_id,
+                )
+            self._memo[key] = out[0, len(prompt_ids):].tolist()
+        return self._memo[key]
+
+    def top2_margin(self, context: list[int]) -> float:
+        """Logit gap between the target's best and second-best next token after ``context``."""
+        with self.torch.inference_mode():
+            logits = self.model(self.torch.tensor([context])).logits[0, -1]
+        top = logits.topk(2).values
+        return float(top[0] - top[1])
+
+
+@pytest.fixture(scope="session")
+def target_alone(target_dir: Path) -> TargetAlone:
+    return TargetAlone(target_dir)
+
+
+def assert_same_tokens(target_alone: TargetAlone, prompt_ids: list[int], got: list[int],
+                       want: list[int], tie: float = 1e-4) -> None:
+    """Token-identical, or else the first difference must be a numerical near-tie."""
+    if got == want:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(got, want, strict=False)) if a != b),
+                 min(len(got), len(want)))
+    margin = target_alone.top2_margin(prompt_ids + want[:first])
+    assert margin < tie, (
+        f"differs at generated token {first}: got {got[first:first + 5]}, target alone "
+        f"{want[first:first + 5]}; top-2 logit margin {margin:.3g} is not a tie"
+    )
+
+
+@pytest.fixture(scope="session")
+def check_exact(target_alone: TargetAlone):
+    """``check_exact(prompt_ids, got)``: compare with the target alone's greedy answer."""
+
+    def check(prompt_ids: list[int], got: list[int], max_new_tokens: int) -> None:
+        want = target_alone.greedy(prompt_ids, max_new_tokens)
+        assert_same_tokens(target_alone, prompt_ids, got, want)
+
+    return check

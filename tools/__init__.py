@@ -1,0 +1,1 @@
+"""Trace and benchmark tooling: ``tools/replay`` and ``tools/bench``."""

@@ -1,0 +1,222 @@
+"""Side-by-side benchmark: target alone (transformers ``generate``), the daemon with draft
+length 0, and edgespec, on the same prompts in one run, with token ids checked identical.
+
+    tools/bench [--pairs default,hard] [--sets chat,humaneval] [--json] [--plot FILE]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+from edgespec.edge_client.draft_length import expected_tokens
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+METHODS = ("target_generate", "daemon_k0", "edgespec")
+
+
+@dataclass
+class Tally:
+    """Tokens and seconds for one method over one prompt set."""
+
+    tokens: int = 0
+    seconds: float = 0.0
+    outputs: list[list[int]] = field(default_factory=list)
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def load_prompts(name: str, n: int) -> list[tuple[str, bool]]:
+    """(text, raw) pairs: chat prompts go through the chat template, code prompts do not."""
+    from edgespec.tools.prompts import CHAT_PROMPTS, humaneval_prompts
+
+    if name == "chat":
+        return [(p, False) for p in CHAT_PROMPTS[:n]]
+    if name == "humaneval":
+        return [(p, True) for p in humaneval_prompts(n)]
+    raise click.BadParameter(f"unknown prompt set {name!r}")
+
+
+class TargetAlone:
+    """What a user would otherwise run: transformers ``generate`` on the same target."""
+
+    def __init__(self, target: str, threads: int):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        self.model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+
+    def generate(self, prompt: list[int], max_new: int, stop_ids: tuple[int, ...]) -> list[int]:
+        ids = self.torch.tensor([prompt])
+        with self.torch.inference_mode():
+            out = self.model.generate(
+                ids, attention_mask=self.torch.ones_like(ids), do_sample=False,
+                max_new_tokens=max_new, eos_token_id=list(stop_ids),
+                pad_token_id=stop_ids[0],
+            )
+        return out[0, len(prompt):].tolist()
+
+
+def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: int,
+             progress: Progress, workdir: Path) -> dict[str, Any]:
+    from edgespec.edge_client.client import EdgeClient, new_session_id
+    from edgespec.edge_client.config import ClientConfig
+    from edgespec.edge_client.stats import GenerationStats
+    from edgespec.models.convert import resolve_target
+    from edgespec.models.paths import default_cache_dir, resolve_draft
+    from edgespec.tools.daemon_proc import start_daemon
+
+    cache = default_cache_dir()
+    target = resolve_target(None, cache)
+    draft = resolve_draft(pair, cache)
+    daemon = start_daemon(target, workdir / f"verifyd-{pair}.log", threads=threads)
+    alone = TargetAlone(target, threads)
+    client = EdgeClient(ClientConfig(server=daemon.endpoint, draft_path=str(draft),
+                                     threads=threads, draft_tokens=k))
+    results: dict[str, Any] = {}
+    try:
+        def edgespec_run(prompt: list[int], k_max: int, stats: GenerationStats) -> list[int]:
+            tokens = list(prompt)
+            sid = new_session_id()
+            for _ in client.generate(sid, tokens, max_new, stats, policy=client.new_policy(k_max)):
+                pass
+            client.end_session(sid)
+            return tokens[len(prompt):]
+
+        warm = client.drafter.tokenize("Hello")
+        alone.generate(warm, 4, client.stop_ids)
+        edgespec_run(warm, k, GenerationStats())
+        for set_name in sets:
+            prompts = load_prompts(set_name, n)
+            tallies = {m: Tally() for m in METHODS}
+            spec_stats = GenerationStats()
+            task = progress.add_task(f"{pair}/{set_name}", total=len(prompts))
+            for text, raw in prompts:
+                ids = (client.drafter.tokenize(text) if raw
+                       else client.chat_tokens([{"role": "user", "content": text}]))
+                for method in METHODS:
+                    t0 = time.perf_counter()
+                    if method == "target_generate":
+                        out = alone.generate(ids, max_new, client.stop_ids)
+                    else:
+                        k_run = 0 if method == "daemon_k0" else k
+                        stats = spec_stats if method == "edgespec" else GenerationStats()
+                        out = edgespec_run(ids, k_run, stats)
+                    tallies[method].seconds += time.perf_counter() - t0
+                    tallies[method].tokens += len(out)
+                    tallies[method].outputs.append(out)
+                progress.advance(task)
+            results[set_name] = summarize(tallies, spec_stats)
+    finally:
+        client.close()
+        daemon.stop()
+    return results
+
+
+def summarize(tallies: dict[str, Tally], stats: Any) -> dict[str, Any]:
+    base = tallies["target_generate"]
+    identical = all(t.outputs == base.outputs for t in tallies.values())
+    alpha = stats.per_token_acceptance
+    mean_k = stats.drafted / stats.rounds if stats.rounds else 0.0
+    wall = stats.wall_s or 1.0
+    return {
+        **{f"{m}_tok_s": round(t.tok_s, 2) for m, t in tallies.items()},
+        "speedup_vs_generate": round(tallies["edgespec"].tok_s / base.tok_s, 3),
+        "speedup_vs_daemon_k0": round(tallies["edgespec"].tok_s / tallies["daemon_k0"].tok_s, 3),
+        "identical_token_ids": identical,
+        "tokens": base.tokens,
+        "acceptance_rate": round(stats.acceptance_rate, 4),
+        "per_token_acceptance": round(alpha, 4),
+        "mean_draft_length": round(mean_k, 2),
+        "tokens_per_round": round(stats.tokens_per_round, 3),
+        "ideal_speedup": round(expected_tokens(alpha, round(mean_k)), 3),
+        "time_split": {
+            "draft": round(stats.draft_s / wall, 3),
+            "verify_on_daemon": round(stats.verify_s / wall, 3),
+            "wire_and_daemon_overhead": round((stats.wait_s - stats.verify_s) / wall, 3),
+            "open_prefill": round(stats.open_s / wall, 3),
+            "client_other": round(
+                (wall - stats.draft_s - stats.wait_s - stats.open_s) / wall, 3),
+        },
+    }
+
+
+def print_table(console: Console, results: dict[str, Any]) -> None:
+    table = Table(title="edgespec vs target alone (greedy, tokens/s)")
+    for col in ("pair", "set", "generate", "daemon k=0", "edgespec", "× generate",
+                "× k=0", "accept", "tok/round", "ideal ×", "identical"):
+        table.add_column(col, justify="right")
+    for pair, sets in results.items():
+        for name, r in sets.items():
+            table.add_row(pair, name, f"{r['target_generate_tok_s']:.1f}",
+                          f"{r['daemon_k0_tok_s']:.1f}", f"{r['edgespec_tok_s']:.1f}",
+                          f"{r['speedup_vs_generate']:.2f}", f"{r['speedup_vs_daemon_k0']:.2f}",
+                          f"{r['acceptance_rate']:.1%}", f"{r['tokens_per_round']:.2f}",
+                          f"{r['ideal_speedup']:.2f}", "yes" if r["identical_token_ids"] else "NO")
+    console.print(table)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{p}/{s}" for p, sets in results.items() for s in sets]
+    rows = [r for sets in results.values() for r in sets.values()]
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(labels)), 4))
+    width = 0.27
+    for i, (method, name) in enumerate(zip(METHODS, ("target generate", "daemon k=0",
+                                                      "edgespec"), strict=True)):
+        xs = [j + (i - 1) * width for j in range(len(labels))]
+        ax.bar(xs, [r[f"{method}_tok_s"] for r in rows], width, label=name)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("tokens/s (greedy)")
+    ax.set_title("edgespec vs target alone, same machine, one run")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--pairs", default="default,hard", help="Draft/target pairs: default, hard.")
+@click.option("--sets", "sets_", default="chat,humaneval", help="Prompt sets.")
+@click.option("--prompts", "n", type=int, default=6, help="Prompts per set.")
+@click.option("--max-tokens", type=int, default=128)
+@click.option("--draft-tokens", "-k", type=int, default=16, help="Most tokens per draft.")
+@click.option("--threads", type=int, default=2, help="Threads for draft, daemon and generate.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON line.")
+@click.option("--plot", "plot_path", type=click.Path(), default="bench-out/bench.png")
+def main(pairs: str, sets_: str, n: int, max_tokens: int, draft_tokens: int, threads: int,
+         as_json: bool, plot_path: str) -> None:
+    """Measure edgespec against the target alone, side by side."""
+    console = Console(stderr=True)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
+        for pair in pairs.split(","):
+            results[pair] = run_pair(pair, sets_.split(","), n, max_tokens, draft_tokens,
+                                     threads, progress, Path(tmp))
+    print_table(console, results)
+    plot(results, Path(plot_path))
+    console.print(f"plot: {plot_path}")
+    if as_json:
+        print(json.dumps(results))
+    if not all(r["identical_token_ids"] for s in results.values() for r in s.values()):
+        sys.exit("token ids differ from the target alone")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Run ``verifyd`` as a separate process on a free loopback port, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class DaemonProcess:
+    process: subprocess.Popen[str]
+    endpoint: str
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_daemon(target: Path | str, log: Path, *extra: str, threads: int = 2,
+                 timeout_s: float = 180.0) -> DaemonProcess:
+    """Start ``verifyd --port 0`` and wait for its ready line, which names the endpoint."""
+    cmd = [sys.executable, "-m", "edgespec.verify_daemon.cli", "--port", "0",
+           "--target", str(target), "--threads", str(threads), "-v", *extra]
+    with log.open("w") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        match = re.search(r"verifyd ready on (\S+)", log.read_text())
+        if match:
+            return DaemonProcess(process, match.group(1), log)
+        if process.poll() is not None:
+            raise RuntimeError(f"verifyd exited early:\n{log.read_text()}")
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"verifyd did not become ready:\n{log.read_text()}")

@@ -1,0 +1,1 @@
+"""The edgespec wire protocol: versioned binary frames over ZeroMQ multipart messages."""

@@ -1,0 +1,89 @@
+"""Typed wire errors: decoding raises only these, and each maps to one code in an ERROR reply."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ErrorCode(IntEnum):
+    """Codes carried by ERROR replies; the client's reaction depends only on the code."""
+
+    MALFORMED = 1
+    VERSION_MISMATCH = 2
+    FRAME_TOO_LARGE = 3
+    OVERLOADED = 4
+    UNKNOWN_SESSION = 5
+    AUTH_FAILED = 6
+    MODEL_MISMATCH = 7
+    OUT_OF_SYNC = 8
+    INVALID_TOKEN = 9
+    LIMIT_EXCEEDED = 10
+    UNSUPPORTED = 11
+    INTERNAL = 12
+
+
+class WireError(Exception):
+    """Base of every protocol error; ``code`` is what goes back to the peer."""
+
+    code: ErrorCode = ErrorCode.MALFORMED
+
+
+class MalformedFrame(WireError):
+    code = ErrorCode.MALFORMED
+
+
+class VersionMismatch(WireError):
+    code = ErrorCode.VERSION_MISMATCH
+
+
+class FrameTooLarge(WireError):
+    code = ErrorCode.FRAME_TOO_LARGE
+
+
+class Overloaded(WireError):
+    code = ErrorCode.OVERLOADED
+
+
+class UnknownSession(WireError):
+    code = ErrorCode.UNKNOWN_SESSION
+
+
+class AuthFailed(WireError):
+    code = ErrorCode.AUTH_FAILED
+
+
+class ModelMismatch(WireError):
+    code = ErrorCode.MODEL_MISMATCH
+
+
+class OutOfSync(WireError):
+    code = ErrorCode.OUT_OF_SYNC
+
+
+class InvalidToken(WireError):
+    code = ErrorCode.INVALID_TOKEN
+
+
+class LimitExceeded(WireError):
+    code = ErrorCode.LIMIT_EXCEEDED
+
+
+class Unsupported(WireError):
+    code = ErrorCode.UNSUPPORTED
+
+
+_BY_CODE: dict[ErrorCode, type[WireError]] = {
+    cls.code: cls
+    for cls in (
+        MalformedFrame, VersionMismatch, FrameTooLarge, Overloaded, UnknownSession, AuthFailed,
+        ModelMismatch, OutOfSync, InvalidToken, LimitExceeded, Unsupported,
+    )
+}
+
+
+def error_for_code(code: ErrorCode, message: str) -> WireError:
+    """Rebuild the typed error a peer reported, so the client can react by type."""
+    cls = _BY_CODE.get(code, WireError)
+    err = cls(message)
+    err.code = code
+    return err

@@ -1,0 +1,58 @@
+"""Protocol constants: tag, version, message types and the bounds every decoder enforces.
+
+Every message is a ZeroMQ multipart message. Frame 0 is a fixed 20-byte header::
+
+    magic  4s  b"ESPD"
+    version u8
+    type    u8  (MsgType)
+    flags   u16 (reserved, must be 0)
+    session u64 (chosen by the client, random)
+    seq     u32 (request id; a reply echoes it)
+
+The remaining frames are per type: one little-endian struct of fixed fields, then raw
+little-endian arrays (int32 token ids, float32 probabilities) or UTF-8 strings.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+MAGIC = b"ESPD"
+VERSION = 1
+HEADER = struct.Struct("<4sBBHQI")
+FINGERPRINT_BYTES = 32
+
+
+class MsgType(IntEnum):
+    HELLO = 1
+    WELCOME = 2
+    OPEN = 3
+    OPENED = 4
+    DRAFT = 5
+    VERDICT = 6
+    CLOSE = 7
+    CLOSED = 8
+    ERROR = 9
+    PING = 10
+    PONG = 11
+
+
+class VerifyMode(IntEnum):
+    GREEDY = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Hard bounds on anything a peer can make us allocate or loop over."""
+
+    max_frames: int = 8
+    max_frame_bytes: int = 1 << 20
+    max_prompt_tokens: int = 32_768
+    max_draft_tokens: int = 64
+    max_new_tokens: int = 32_768
+    max_token_id: int = (1 << 24) - 1
+    max_text_bytes: int = 65_536
+    max_name_bytes: int = 256
+    max_eos_ids: int = 16
