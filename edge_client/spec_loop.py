@@ -65,12 +65,13 @@ def speculate(
             t2 = time.perf_counter()
             seq = link.send(Draft(len(tokens), draft), session_id)
             guesses: list[int] = []
-            reply = link.poll(seq)
-            while reply is None and len(guesses) < draft_ahead and draft:
-                guesses += drafter.draft(1)
-                reply = link.poll(seq)
-            t3 = time.perf_counter()
+            t3 = t2
             try:
+                reply = link.poll(seq)
+                while reply is None and len(guesses) < draft_ahead and draft:
+                    guesses += drafter.draft(1)
+                    reply = link.poll(seq)
+                t3 = time.perf_counter()
                 verdict = reply if reply is not None else link.wait(seq)
             except UnknownSession:
                 open_seq = link.send(Open(list(tokens), max_new_tokens - generated), session_id)

@@ -101,5 +101,6 @@ class ModelRunner:
     @staticmethod
     def truncate(cache: DynamicCache, length: int) -> None:
         """Drop every cached position at or after ``length`` (rejected draft tokens)."""
-        if cache.get_seq_length() > length:
-            cache.crop(length)
+        surplus = int(cache.get_seq_length()) - length
+        if surplus > 0:
+            cache.crop(-surplus)  # transformers 5: a negative count of tokens to drop
