@@ -27,9 +27,9 @@ def _common(fn: Any) -> Any:
                      show_default=True, help="Most tokens drafted per round (0 = target only)."),
         click.option("--fixed-k", is_flag=True,
                      help="Always draft --draft-tokens instead of adapting k per round."),
-        click.option("--draft-ahead", type=click.IntRange(0, 64), default=0, show_default=True,
-                     help="Keep drafting this many tokens while a verdict is in flight "
-                          "(hides network latency; costs CPU when draft and daemon share it)."),
+        click.option("--pipeline/--no-pipeline", default=True, show_default=True,
+                     help="Keep drafting while a verdict is in flight (hides the round trip; "
+                          "on one shared machine give draft and daemon a core each)."),
         click.option("--timeout", type=float, default=120.0, show_default=True,
                      help="Seconds to wait for the daemon before giving up."),
         click.option("--cache-dir", type=click.Path(), default=None,
@@ -41,14 +41,14 @@ def _common(fn: Any) -> Any:
 
 
 def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
-            draft_ahead: int, timeout: float, cache_dir: str | None) -> ClientConfig:
+            pipeline: bool, timeout: float, cache_dir: str | None) -> ClientConfig:
     from edgespec.models.paths import default_cache_dir, resolve_draft
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     return ClientConfig(
         server=server, draft_path=str(resolve_draft(draft, cache)),
         threads=threads or default_threads(), draft_tokens=draft_tokens,
-        adaptive=not fixed_k, draft_ahead=draft_ahead, timeout_s=timeout,
+        adaptive=not fixed_k, pipeline=pipeline, timeout_s=timeout,
     )
 
 
@@ -101,7 +101,7 @@ def _read_prompts(prompt: str | None, prompt_file: str | None) -> Iterator[dict[
               help="0 = greedy, token-identical to the target alone.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per prompt on stdout.")
 def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
-             draft_ahead: int, timeout: float, cache_dir: str | None, prompt: str | None,
+             pipeline: bool, timeout: float, cache_dir: str | None, prompt: str | None,
              prompt_file: str | None, raw: bool, max_tokens: int, temperature: float,
              as_json: bool) -> None:
     """Answer prompts non-interactively."""
@@ -111,7 +111,7 @@ def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fi
 
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give exactly one of --prompt and --prompt-file")
-    config = _config(server, draft, threads, draft_tokens, fixed_k, draft_ahead, timeout,
+    config = _config(server, draft, threads, draft_tokens, fixed_k, pipeline, timeout,
                      cache_dir)
     client = _connect(config)
     failed = 0
@@ -168,12 +168,12 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
 @click.option("--max-tokens", type=click.IntRange(1, 32768), default=512, show_default=True)
 @click.option("--system", default=None, help="Optional system prompt.")
 def chat(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
-         draft_ahead: int, timeout: float, cache_dir: str | None, max_tokens: int,
+         pipeline: bool, timeout: float, cache_dir: str | None, max_tokens: int,
          system: str | None) -> None:
     """Chat in the terminal; /reset, /stats, /quit."""
     from edgespec.edge_client.chat_ui import run_chat
 
-    config = _config(server, draft, threads, draft_tokens, fixed_k, draft_ahead, timeout,
+    config = _config(server, draft, threads, draft_tokens, fixed_k, pipeline, timeout,
                      cache_dir)
     run_chat(_connect(config), max_tokens, system)
 

@@ -39,7 +39,8 @@ class EdgeClient:
 
     def new_policy(self, draft_tokens: int) -> DraftLength:
         k_max = min(draft_tokens, self.welcome.max_draft_tokens)
-        return DraftLength(k_max=k_max, adaptive=self.config.adaptive)
+        return DraftLength(k_max=k_max, adaptive=self.config.adaptive,
+                           pipelined=self.config.pipeline)
 
     def close(self) -> None:
         self.link.close()
@@ -61,7 +62,7 @@ class EdgeClient:
         return speculate(
             self.drafter, self.link, session_id, tokens, max_new_tokens,
             policy or self.policy, self.stop_ids, stats,
-            draft_ahead=self.config.draft_ahead, on_wait=on_wait,
+            pipeline=self.config.pipeline, on_wait=on_wait,
         )
 
     def end_session(self, session_id: int) -> None:

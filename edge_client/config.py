@@ -19,7 +19,7 @@ class ClientConfig:
     n_ctx: int = 4096
     draft_tokens: int = 16  # the most tokens one round may draft
     adaptive: bool = True  # pick k per round from live acceptance and timings
-    draft_ahead: int = 0  # keep drafting this many tokens while a verdict is in flight
+    pipeline: bool = True  # keep drafting while a verdict is in flight
     timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
@@ -27,5 +27,3 @@ class ClientConfig:
             raise ValueError("draft_tokens must be in 0..64")
         if self.threads < 1:
             raise ValueError("threads must be at least 1")
-        if self.draft_ahead < 0:
-            raise ValueError("draft_ahead must not be negative")

@@ -2,8 +2,10 @@
 
 With per-token acceptance probability a, a draft of k tokens yields on average
 (1 - a^(k+1)) / (1 - a) tokens (accepted prefix plus the target's own token). A round costs
-k drafting steps plus one round trip (wire + verification). We pick the k that maximises
-tokens per second under those two running estimates.
+k drafting steps plus one round trip R (wire + verification). When drafting is pipelined,
+a round whose draft and bonus guess all hold (probability about a^(k+1)) overlaps the next
+draft with the round trip and costs max(k * t_draft, R); any other round costs the sum.
+We pick the k that maximises tokens per second under these running estimates.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class DraftLength:
     k_max: int
     k_min: int = 1
     adaptive: bool = True
+    pipelined: bool = False
     smoothing: float = 0.2
     accepted: float = 8.0  # prior: pseudo-counts of accepted and rejected draft tokens
     rejected: float = 1.0
@@ -43,16 +46,21 @@ class DraftLength:
         a = min(self.acceptance, 0.999)
 
         def rate(k: int) -> float:
-            return expected_tokens(a, k) / (k * self.draft_s_per_token + self.round_trip_s)
+            drafting, trip = k * self.draft_s_per_token, self.round_trip_s
+            cost = drafting + trip
+            if self.pipelined:
+                hit = a ** (k + 1)
+                cost = hit * max(drafting, trip) + (1.0 - hit) * cost
+            return expected_tokens(a, k) / cost
 
         return max(range(self.k_min, cap + 1), key=rate)
 
-    def observe(self, k: int, accepted: int, draft_s: float, round_trip_s: float) -> None:
+    def observe(self, k: int, accepted: int, draft_s_per_token: float,
+                round_trip_s: float) -> None:
         """Fold one round in; a full accept says nothing about rejection, a miss counts one."""
         decay = 1.0 - self.smoothing
         self.accepted = self.accepted * decay + accepted
         self.rejected = self.rejected * decay + (1.0 if accepted < k else 0.0)
         if k > 0:
-            per_token = draft_s / k
-            self.draft_s_per_token += self.smoothing * (per_token - self.draft_s_per_token)
+            self.draft_s_per_token += self.smoothing * (draft_s_per_token - self.draft_s_per_token)
         self.round_trip_s += self.smoothing * (round_trip_s - self.round_trip_s)

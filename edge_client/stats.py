@@ -14,9 +14,12 @@ class GenerationStats:
     generated: int = 0
     wall_s: float = 0.0
     draft_s: float = 0.0  # drafting on this machine, including drafting ahead during a round
-    wait_s: float = 0.0  # blocked on the daemon: wire + queueing + verification
+    wait_s: float = 0.0  # idle, blocked on the daemon: wire + queueing + verification
     verify_s: float = 0.0  # the daemon's own verification time, as it reports it
     open_s: float = 0.0  # waiting for the session to open (daemon prefill)
+    round_trip_s: float = 0.0  # send to verdict, whether or not we were drafting meanwhile
+    ahead_drafted: int = 0  # tokens drafted while a verdict was in flight
+    ahead_used: int = 0  # ... of which became the head of the next draft
     reopens: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -41,7 +44,7 @@ class GenerationStats:
 
     @property
     def round_trip_ms(self) -> float:
-        return 1000.0 * self.wait_s / self.rounds if self.rounds else 0.0
+        return 1000.0 * self.round_trip_s / self.rounds if self.rounds else 0.0
 
     def as_dict(self) -> dict[str, float | int]:
         out: dict[str, float | int] = asdict(self)
@@ -52,6 +55,6 @@ class GenerationStats:
             tokens_per_round=round(self.tokens_per_round, 3),
             round_trip_ms=round(self.round_trip_ms, 2),
         )
-        for key in ("wall_s", "draft_s", "wait_s", "verify_s", "open_s"):
+        for key in ("wall_s", "draft_s", "wait_s", "verify_s", "open_s", "round_trip_s"):
             out[key] = round(float(out[key]), 4)
         return out

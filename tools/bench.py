@@ -70,7 +70,8 @@ class TargetAlone:
 
 
 def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: int,
-             progress: Progress, workdir: Path) -> dict[str, Any]:
+             split_threads: int, pipeline: bool, progress: Progress,
+             workdir: Path) -> dict[str, Any]:
     from edgespec.edge_client.client import EdgeClient, new_session_id
     from edgespec.edge_client.config import ClientConfig
     from edgespec.edge_client.stats import GenerationStats
@@ -81,10 +82,10 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
     cache = default_cache_dir()
     target = resolve_target(None, cache)
     draft = resolve_draft(pair, cache)
-    daemon = start_daemon(target, workdir / f"verifyd-{pair}.log", threads=threads)
+    daemon = start_daemon(target, workdir / f"verifyd-{pair}.log", threads=split_threads)
     alone = TargetAlone(target, threads)
     client = EdgeClient(ClientConfig(server=daemon.endpoint, draft_path=str(draft),
-                                     threads=threads, draft_tokens=k))
+                                     threads=split_threads, draft_tokens=k, pipeline=pipeline))
     results: dict[str, Any] = {}
     try:
         def edgespec_run(prompt: list[int], k_max: int, stats: GenerationStats) -> list[int]:
@@ -197,18 +198,22 @@ def plot(results: dict[str, Any], path: Path) -> None:
 @click.option("--prompts", "n", type=int, default=6, help="Prompts per set.")
 @click.option("--max-tokens", type=int, default=128)
 @click.option("--draft-tokens", "-k", type=int, default=16, help="Most tokens per draft.")
-@click.option("--threads", type=int, default=2, help="Threads for draft, daemon and generate.")
+@click.option("--threads", type=int, default=2,
+              help="Threads for the target-alone baseline (all cores of this box).")
+@click.option("--split-threads", type=int, default=1,
+              help="Threads for the draft and for verifyd each: they run at the same time.")
+@click.option("--pipeline/--no-pipeline", default=True, help="Draft while verifying.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON line.")
 @click.option("--plot", "plot_path", type=click.Path(), default="bench-out/bench.png")
 def main(pairs: str, sets_: str, n: int, max_tokens: int, draft_tokens: int, threads: int,
-         as_json: bool, plot_path: str) -> None:
+         split_threads: int, pipeline: bool, as_json: bool, plot_path: str) -> None:
     """Measure edgespec against the target alone, side by side."""
     console = Console(stderr=True)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
         for pair in pairs.split(","):
             results[pair] = run_pair(pair, sets_.split(","), n, max_tokens, draft_tokens,
-                                     threads, progress, Path(tmp))
+                                     threads, split_threads, pipeline, progress, Path(tmp))
     print_table(console, results)
     plot(results, Path(plot_path))
     console.print(f"plot: {plot_path}")
