@@ -21,7 +21,7 @@ class Drafter:
                  n_batch: int = 512):
         self.llm = llama_cpp.Llama(
             model_path=str(gguf), n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
-            n_threads_batch=n_threads, logits_all=False, verbose=False,
+            n_threads_batch=n_threads, logits_all=False, flash_attn=True, verbose=False,
         )
         self.n_vocab = self.llm.n_vocab()
         self.n_ctx = n_ctx

@@ -143,14 +143,19 @@ def summarize(tallies: dict[str, Tally], stats: Any) -> dict[str, Any]:
         "mean_draft_length": round(mean_k, 2),
         "tokens_per_round": round(stats.tokens_per_round, 3),
         "ideal_speedup": round(expected_tokens(alpha, round(mean_k)), 3),
+        # Shares of the client's wall time. Drafting and verification overlap when
+        # pipelined, so "verify_on_daemon" and "wire_and_daemon_overhead" (round trip minus
+        # verification) are measured on the daemon's clock and do not add up with the rest.
         "time_split": {
-            "draft": round(stats.draft_s / wall, 3),
-            "verify_on_daemon": round(stats.verify_s / wall, 3),
-            "wire_and_daemon_overhead": round((stats.wait_s - stats.verify_s) / wall, 3),
-            "open_prefill": round(stats.open_s / wall, 3),
+            "client_drafting": round(stats.draft_s / wall, 3),
+            "client_waiting": round(stats.wait_s / wall, 3),
             "client_other": round(
                 (wall - stats.draft_s - stats.wait_s - stats.open_s) / wall, 3),
+            "open_prefill": round(stats.open_s / wall, 3),
+            "verify_on_daemon": round(stats.verify_s / wall, 3),
+            "wire_and_daemon_overhead": round((stats.round_trip_s - stats.verify_s) / wall, 3),
         },
+        "ahead_tokens_used": f"{stats.ahead_used}/{stats.ahead_drafted}",
     }
 
 
@@ -208,7 +213,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def main(pairs: str, sets_: str, n: int, max_tokens: int, draft_tokens: int, threads: int,
          split_threads: int, pipeline: bool, as_json: bool, plot_path: str) -> None:
     """Measure edgespec against the target alone, side by side."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=160)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
         for pair in pairs.split(","):

@@ -63,8 +63,9 @@ class ModelRunner:
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(target)
-        self.model = AutoModelForCausalLM.from_pretrained(target, dtype=self.dtype)
-        self.model.to(self.device).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            target, dtype=self.dtype, device_map=self.device
+        ).eval()
         config = self.model.config
         self.info = TargetInfo(
             name=str(getattr(config, "_name_or_path", target)).rstrip("/").split("/")[-1],

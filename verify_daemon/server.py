@@ -25,7 +25,7 @@ class Server:
     def __init__(self, engine: Engine, endpoint: str, limits: Limits | None = None):
         self.engine = engine
         self.limits = limits or Limits(max_draft_tokens=64)
-        self.context = zmq.Context.instance()
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, 4 * self.limits.max_frame_bytes)

@@ -62,8 +62,7 @@ def test_bad_frames_get_errors_while_a_good_client_stays_exact(daemon, check_exa
          "--threads", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(daemon.endpoint)
     try:
@@ -86,7 +85,7 @@ def test_bad_frames_get_errors_while_a_good_client_stays_exact(daemon, check_exa
 
 
 def test_open_with_empty_prompt_and_reserved_flags(daemon):
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(daemon.endpoint)
     try:
