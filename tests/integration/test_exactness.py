@@ -16,7 +16,7 @@ MAX_NEW = 64
 
 def run_generate(endpoint: str, prompt_file: Path, *extra: str) -> list[dict]:
     cmd = [sys.executable, "-m", "edgespec.edge_client.cli", "generate", "--server", endpoint,
-           "--prompt-file", str(prompt_file), "--json", "--threads", "2", *extra]
+           "--prompt-file", str(prompt_file), "--json", "--threads", "1", *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
