@@ -10,7 +10,7 @@ We pick the k that maximises tokens per second under these running estimates.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def expected_tokens(a: float, k: int) -> float:
@@ -18,6 +18,34 @@ def expected_tokens(a: float, k: int) -> float:
     if a >= 1.0:
         return float(k + 1)
     return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+@dataclass(slots=True)
+class RoundTripModel:
+    """Round trip as a line in the draft length: R(k) = base + per_token * (k + 1).
+
+    Wider verification passes cost more (on a CPU target, much more than one token), so a
+    constant R would push k too high. Exponentially weighted least squares over recent
+    rounds; the prior is two pseudo-rounds, which real rounds soon outweigh.
+    """
+
+    forget: float = 0.9
+    n: float = 2.0
+    sx: float = 18.0  # prior rounds at k + 1 = 1 and 17 taking 70 ms and 170 ms
+    sy: float = 0.24
+    sxx: float = 290.0
+    sxy: float = 2.96
+
+    def add(self, width: int, seconds: float) -> None:
+        f = self.forget
+        self.n, self.sx, self.sy = f * self.n + 1, f * self.sx + width, f * self.sy + seconds
+        self.sxx, self.sxy = f * self.sxx + width * width, f * self.sxy + width * seconds
+
+    def predict(self, width: int) -> float:
+        var = self.n * self.sxx - self.sx * self.sx
+        slope = max(0.0, (self.n * self.sxy - self.sx * self.sy) / var) if var > 1e-9 else 0.0
+        base = (self.sy - slope * self.sx) / self.n
+        return max(1e-4, base + slope * width)
 
 
 @dataclass(slots=True)
@@ -31,8 +59,8 @@ class DraftLength:
     smoothing: float = 0.2
     accepted: float = 8.0  # prior: pseudo-counts of accepted and rejected draft tokens
     rejected: float = 1.0
-    draft_s_per_token: float = 0.008
-    round_trip_s: float = 0.08
+    draft_s_per_token: float = 0.01
+    round_trip: RoundTripModel = field(default_factory=RoundTripModel)
 
     @property
     def acceptance(self) -> float:
@@ -46,7 +74,7 @@ class DraftLength:
         a = min(self.acceptance, 0.999)
 
         def rate(k: int) -> float:
-            drafting, trip = k * self.draft_s_per_token, self.round_trip_s
+            drafting, trip = k * self.draft_s_per_token, self.round_trip.predict(k + 1)
             cost = drafting + trip
             if self.pipelined:
                 hit = a ** (k + 1)
@@ -63,4 +91,4 @@ class DraftLength:
         self.rejected = self.rejected * decay + (1.0 if accepted < k else 0.0)
         if k > 0:
             self.draft_s_per_token += self.smoothing * (draft_s_per_token - self.draft_s_per_token)
-        self.round_trip_s += self.smoothing * (round_trip_s - self.round_trip_s)
+        self.round_trip.add(k + 1, round_trip_s)

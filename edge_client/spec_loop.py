@@ -52,7 +52,8 @@ def speculate(
     try:
         while generated < max_new_tokens:
             # ---- draft k tokens; the head may already be drafted from the last round
-            k = max(len(ahead), policy.next_k(max_new_tokens - generated))
+            k = policy.next_k(max_new_tokens - generated)
+            ahead = ahead[:k]
             t0 = time.perf_counter()
             drafter.sync(tokens + ahead)
             draft = ahead + drafter.draft(k - len(ahead))
@@ -67,7 +68,7 @@ def speculate(
             guesses: list[int] = []
             try:
                 reply = link.poll(seq)
-                while reply is None and pipeline and draft and len(guesses) <= policy.k_max:
+                while reply is None and pipeline and draft and len(guesses) <= k:
                     guesses += drafter.draft(1)
                     reply = link.poll(seq)
                 drafted_at = time.perf_counter()

@@ -36,3 +36,24 @@ def test_rejections_lower_the_estimate():
     for _ in range(10):
         policy.observe(8, 0, 0.05, 0.08)
     assert policy.acceptance < before / 2
+
+
+def test_round_trip_model_learns_a_line():
+    from edgespec.edge_client.draft_length import RoundTripModel
+
+    model = RoundTripModel()
+    for _ in range(50):
+        for width in (2, 5, 9):
+            model.add(width, 0.05 + 0.01 * width)
+    assert model.predict(4) == pytest.approx(0.09, rel=0.02)
+    assert model.predict(17) == pytest.approx(0.22, rel=0.02)
+
+
+def test_costly_wide_verification_shortens_drafts():
+    cheap = DraftLength(k_max=16, accepted=7, rejected=3, draft_s_per_token=0.01)
+    costly = DraftLength(k_max=16, accepted=7, rejected=3, draft_s_per_token=0.01)
+    for _ in range(30):
+        for width in (2, 6, 10):
+            cheap.round_trip.add(width, 0.1)
+            costly.round_trip.add(width, 0.05 + 0.02 * width)
+    assert costly.next_k(100) < cheap.next_k(100)
