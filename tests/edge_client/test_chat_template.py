@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from edgespec.edge_client.chat_template import ChatTemplateError, render_chat
 
 CONVERSATIONS = [

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from edgespec.edge_client.drafter import Drafter
 
 PROMPT = "<|im_start|>user\nName three colours.<|im_end|>\n<|im_start|>assistant\n"

@@ -13,16 +13,16 @@ from edgespec.models.convert import ensure_target_snapshot, resolve_target
 from edgespec.models.paths import ModelNotFound
 
 
-def test_snapshot_files(snapshot: Path) -> None:
+def test_snapshot_files(target_dir: Path) -> None:
     from safetensors import safe_open
 
-    names = set(os.listdir(snapshot))
+    names = set(os.listdir(target_dir))
     assert {"config.json", "model.safetensors", "tokenizer.json", convert.SNAPSHOT_MARKER} <= names
-    assert not any(name.endswith(".tmp") for name in os.listdir(snapshot.parent))
-    config = json.loads((snapshot / "config.json").read_text())
+    assert not any(name.endswith(".tmp") for name in os.listdir(target_dir.parent))
+    config = json.loads((target_dir / "config.json").read_text())
     assert "quantization_config" not in config
     assert config["tie_word_embeddings"] is True
-    with safe_open(str(snapshot / "model.safetensors"), framework="pt") as weights:
+    with safe_open(str(target_dir / "model.safetensors"), framework="pt") as weights:
         keys = set(weights.keys())
         embed = weights.get_slice("model.embed_tokens.weight")
         assert embed.get_dtype() == "F32"
@@ -41,14 +41,14 @@ def test_snapshot_tokenizer_keeps_chat_template(snapshot_tokenizer: Any) -> None
 
 @pytest.mark.slow
 def test_snapshot_logits_equal_gguf_logits(
-    default_gguf: Path, snapshot: Path, snapshot_tokenizer: Any
+    draft_gguf: Path, target_dir: Path, snapshot_tokenizer: Any
 ) -> None:
     """The whole point of the snapshot: a cheaper load of *exactly* the same network."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    reference = convert.load_gguf_weights(default_gguf)
-    loaded = AutoModelForCausalLM.from_pretrained(snapshot).eval()
+    reference = convert.load_gguf_weights(draft_gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(target_dir).eval()
     assert loaded.dtype == torch.float32
     assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
     text = "<|im_start|>user\nWrite a haiku about the sea.<|im_end|>\n<|im_start|>assistant\n"
@@ -60,13 +60,13 @@ def test_snapshot_logits_equal_gguf_logits(
 
 
 def test_cached_snapshot_is_not_rebuilt(
-    monkeypatch: pytest.MonkeyPatch, model_cache: Path, default_gguf: Path, snapshot: Path
+    monkeypatch: pytest.MonkeyPatch, cache_dir: Path, draft_gguf: Path, target_dir: Path
 ) -> None:
     def boom(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("converted again")
 
     monkeypatch.setattr(convert, "convert_gguf", boom)
-    assert ensure_target_snapshot(default_gguf, model_cache, progress=False) == snapshot
+    assert ensure_target_snapshot(draft_gguf, cache_dir, progress=False) == target_dir
 
 
 def test_failed_conversion_leaves_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -87,19 +87,19 @@ def test_missing_gguf_is_reported(tmp_path: Path) -> None:
         ensure_target_snapshot(tmp_path / "absent.gguf", tmp_path, progress=False)
 
 
-def test_resolve_target(model_cache: Path, default_gguf: Path, snapshot: Path) -> None:
-    assert resolve_target(None, model_cache, progress=False) == str(snapshot)
-    assert resolve_target("default", model_cache, progress=False) == str(snapshot)
-    assert resolve_target(str(default_gguf), model_cache, progress=False) == str(snapshot)
-    assert resolve_target(str(snapshot), model_cache, progress=False) == str(snapshot)
+def test_resolve_target(cache_dir: Path, draft_gguf: Path, target_dir: Path) -> None:
+    assert resolve_target(None, cache_dir, progress=False) == str(target_dir)
+    assert resolve_target("default", cache_dir, progress=False) == str(target_dir)
+    assert resolve_target(str(draft_gguf), cache_dir, progress=False) == str(target_dir)
+    assert resolve_target(str(target_dir), cache_dir, progress=False) == str(target_dir)
 
 
-def test_resolve_target_passes_hub_ids_through(model_cache: Path) -> None:
+def test_resolve_target_passes_hub_ids_through(cache_dir: Path) -> None:
     for hub_id in ("HuggingFaceTB/SmolLM2-135M-Instruct", "gpt2"):
-        assert resolve_target(hub_id, model_cache, progress=False) == hub_id
+        assert resolve_target(hub_id, cache_dir, progress=False) == hub_id
 
 
-def test_resolve_target_missing_local_path(model_cache: Path, tmp_path: Path) -> None:
+def test_resolve_target_missing_local_path(cache_dir: Path, tmp_path: Path) -> None:
     for spec in (str(tmp_path / "gone"), str(tmp_path / "gone.gguf"), "./nope.gguf"):
         with pytest.raises(ModelNotFound, match="not a model directory"):
-            resolve_target(spec, model_cache, progress=False)
+            resolve_target(spec, cache_dir, progress=False)

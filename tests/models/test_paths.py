@@ -26,9 +26,9 @@ def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert default_cache_dir() == tmp_path / "mine"
 
 
-def test_default_draft_is_the_shipped_gguf(default_gguf: Path) -> None:
-    assert default_gguf.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert default_gguf.read_bytes()[:4] == b"GGUF"
+def test_default_draft_is_the_shipped_gguf(draft_gguf: Path) -> None:
+    assert draft_gguf.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert draft_gguf.read_bytes()[:4] == b"GGUF"
 
 
 def test_missing_draft_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -37,13 +37,13 @@ def test_missing_draft_package_says_how_to_install(monkeypatch: pytest.MonkeyPat
         default_draft_gguf()
 
 
-def test_hard_draft_is_smaller_and_loads(default_gguf: Path, hard_gguf: Path) -> None:
+def test_hard_draft_is_smaller_and_loads(draft_gguf: Path, hard_gguf: Path) -> None:
     import llama_cpp
     import numpy as np
 
     assert hard_gguf.is_file()
     assert hard_gguf.read_bytes()[:4] == b"GGUF"
-    assert hard_gguf.stat().st_size < default_gguf.stat().st_size
+    assert hard_gguf.stat().st_size < draft_gguf.stat().st_size
     llm = llama_cpp.Llama(str(hard_gguf), n_ctx=64, n_threads=2, logits_all=True, verbose=False)
     ids = llm.tokenize(b"The capital of France is", add_bos=False)
     llm.eval(ids)
@@ -52,9 +52,9 @@ def test_hard_draft_is_smaller_and_loads(default_gguf: Path, hard_gguf: Path) ->
     assert np.isfinite(logits).all()
 
 
-def test_hard_draft_is_cached(model_cache: Path, hard_gguf: Path) -> None:
+def test_hard_draft_is_cached(cache_dir: Path, hard_gguf: Path) -> None:
     before = hard_gguf.stat().st_mtime_ns
-    assert hard_draft_gguf(model_cache) == hard_gguf
+    assert hard_draft_gguf(cache_dir) == hard_gguf
     assert hard_gguf.stat().st_mtime_ns == before
 
 
@@ -74,21 +74,21 @@ def test_requantize_failure_is_reported(tmp_path: Path) -> None:
         paths.quantize_gguf(bogus, tmp_path / "out.gguf", llama_cpp.LLAMA_FTYPE_MOSTLY_Q2_K)
 
 
-def test_resolve_draft(model_cache: Path, default_gguf: Path, hard_gguf: Path) -> None:
-    assert resolve_draft(None, model_cache) == default_gguf
-    assert resolve_draft("default", model_cache) == default_gguf
-    assert resolve_draft("hard", model_cache) == hard_gguf
-    assert resolve_draft(str(hard_gguf), model_cache) == hard_gguf
+def test_resolve_draft(cache_dir: Path, draft_gguf: Path, hard_gguf: Path) -> None:
+    assert resolve_draft(None, cache_dir) == draft_gguf
+    assert resolve_draft("default", cache_dir) == draft_gguf
+    assert resolve_draft("hard", cache_dir) == hard_gguf
+    assert resolve_draft(str(hard_gguf), cache_dir) == hard_gguf
 
 
-def test_resolve_draft_missing_path(model_cache: Path, tmp_path: Path) -> None:
+def test_resolve_draft_missing_path(cache_dir: Path, tmp_path: Path) -> None:
     missing = tmp_path / "nope.gguf"
     with pytest.raises(ModelNotFound, match=r"nope\.gguf.*not a file"):
-        resolve_draft(str(missing), model_cache)
+        resolve_draft(str(missing), cache_dir)
 
 
-def test_resolve_draft_rejects_non_gguf(model_cache: Path, tmp_path: Path) -> None:
+def test_resolve_draft_rejects_non_gguf(cache_dir: Path, tmp_path: Path) -> None:
     other = tmp_path / "model.bin"
     other.write_bytes(b"x")
     with pytest.raises(ModelNotFound, match=r"not a \.gguf"):
-        resolve_draft(str(other), model_cache)
+        resolve_draft(str(other), cache_dir)

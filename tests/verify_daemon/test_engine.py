@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from edgespec.verify_daemon.config import DaemonConfig
 from edgespec.verify_daemon.engine import Engine
 from edgespec.verify_daemon.model_runner import TargetInfo
@@ -49,7 +48,7 @@ def make_engine(**overrides: int) -> tuple[Engine, ScriptedRunner]:
     runner = ScriptedRunner()
     config = DaemonConfig(target="x", max_sessions=overrides.get("max_sessions", 4),
                           max_draft_tokens=8)
-    return Engine(runner, config), runner  # type: ignore[arg-type]
+    return Engine(runner, config), runner
 
 
 def tokens(*ids: int) -> np.ndarray:
