@@ -81,7 +81,7 @@ def _answer(console: Console, client: EdgeClient, session_id: int,
                 text.append(decoder.decode(client.drafter.detokenize(visible)))
                 note = ""
                 live.update(view())
-        except WireError as exc:
+        except (WireError, ValueError) as exc:  # the conversation is kept: /reset or retry
             note = f"[error: {exc}]"
         except KeyboardInterrupt:
             note = "[interrupted]"
