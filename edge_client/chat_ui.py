@@ -8,6 +8,7 @@ from typing import Any
 
 from edgespec.edge_client.client import EdgeClient, new_session_id
 from edgespec.edge_client.stats import GenerationStats
+from edgespec.edge_client.trace import TraceWriter
 from edgespec.wire.errors import WireError
 from rich.console import Console, Group
 from rich.live import Live
@@ -22,7 +23,8 @@ def _status(stats: GenerationStats, note: str = "") -> Text:
     return Text(f"{line}  {note}".rstrip(), style="dim")
 
 
-def run_chat(client: EdgeClient, max_tokens: int, system: str | None) -> None:
+def run_chat(client: EdgeClient, max_tokens: int, system: str | None,
+             trace: TraceWriter | None = None) -> None:
     console = Console()
     console.print(f"[bold]edgespec[/] · target [cyan]{client.welcome.model_name}[/] at "
                   f"{client.config.server} · {HELP}")
@@ -51,14 +53,15 @@ def run_chat(client: EdgeClient, max_tokens: int, system: str | None) -> None:
             console.print(f"[yellow]unknown command[/] {user}: {HELP}")
             continue
         messages.append({"role": "user", "content": user})
-        answer = _answer(console, client, session_id, messages, max_tokens, totals)
+        answer = _answer(console, client, session_id, messages, max_tokens, totals, trace)
         messages.append({"role": "assistant", "content": answer})
     client.end_session(session_id)
     client.close()
 
 
 def _answer(console: Console, client: EdgeClient, session_id: int,
-            messages: list[dict[str, str]], max_tokens: int, totals: GenerationStats) -> str:
+            messages: list[dict[str, str]], max_tokens: int, totals: GenerationStats,
+            trace: TraceWriter | None = None) -> str:
     tokens = client.chat_tokens(messages)
     prompt_length = len(tokens)
     stats = GenerationStats()
@@ -76,7 +79,8 @@ def _answer(console: Console, client: EdgeClient, session_id: int,
             live.update(view())
 
         try:
-            for new in client.generate(session_id, tokens, max_tokens, stats, on_wait=on_wait):
+            for new in client.generate(session_id, tokens, max_tokens, stats, on_wait=on_wait,
+                                       trace=trace):
                 visible = [t for t in new if t not in client.stop_ids]
                 text.append(decoder.decode(client.drafter.detokenize(visible)))
                 note = ""

@@ -34,6 +34,8 @@ def _common(fn: Any) -> Any:
                      help="Seconds to wait for the daemon before giving up."),
         click.option("--cache-dir", type=click.Path(), default=None,
                      help="Model cache [default: ~/.cache/edgespec]."),
+        click.option("--trace", "trace_path", type=click.Path(dir_okay=False), default=None,
+                     help="Record each session and round as JSON lines (for tools/replay)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -101,7 +103,8 @@ def _read_prompts(prompt: str | None, prompt_file: str | None) -> Iterator[dict[
               help="0 = greedy, token-identical to the target alone.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per prompt on stdout.")
 def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
-             pipeline: bool, timeout: float, cache_dir: str | None, prompt: str | None,
+             pipeline: bool, timeout: float, cache_dir: str | None, trace_path: str | None,
+             prompt: str | None,
              prompt_file: str | None, raw: bool, max_tokens: int, temperature: float,
              as_json: bool) -> None:
     """Answer prompts non-interactively."""
@@ -114,6 +117,7 @@ def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fi
     config = _config(server, draft, threads, draft_tokens, fixed_k, pipeline, timeout,
                      cache_dir)
     client = _connect(config)
+    trace = _open_trace(trace_path)
     failed = 0
     for item in _read_prompts(prompt, prompt_file):
         result: dict[str, Any] = {"id": item.get("id")} if prompt_file else {}
@@ -133,7 +137,8 @@ def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fi
                 raise ValueError("draft_tokens must be in 0..64 and max_tokens in 1..32768")
             stats = GenerationStats()
             sid = new_session_id()
-            for _ in client.generate(sid, tokens, limit, stats, policy=client.new_policy(k)):
+            for _ in client.generate(sid, tokens, limit, stats, policy=client.new_policy(k),
+                                     trace=trace):
                 pass
             client.end_session(sid)
             generated = tokens[len(prompt_ids):]
@@ -144,8 +149,22 @@ def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fi
             failed += 1
         _emit(result, as_json)
     client.close()
+    if trace is not None:
+        trace.close()
     if failed and not as_json:
         sys.exit(1)
+
+
+def _open_trace(path: str | None) -> Any:
+    """A ``TraceWriter`` on ``path``, or None when no trace was asked for."""
+    if path is None:
+        return None
+    from edgespec.edge_client.trace import TraceWriter
+
+    try:
+        return TraceWriter(path)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write trace {path}: {exc}") from exc
 
 
 def _emit(result: dict[str, Any], as_json: bool) -> None:
@@ -168,14 +187,20 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
 @click.option("--max-tokens", type=click.IntRange(1, 32768), default=512, show_default=True)
 @click.option("--system", default=None, help="Optional system prompt.")
 def chat(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
-         pipeline: bool, timeout: float, cache_dir: str | None, max_tokens: int,
-         system: str | None) -> None:
+         pipeline: bool, timeout: float, cache_dir: str | None, trace_path: str | None,
+         max_tokens: int, system: str | None) -> None:
     """Chat in the terminal; /reset, /stats, /quit."""
     from edgespec.edge_client.chat_ui import run_chat
 
     config = _config(server, draft, threads, draft_tokens, fixed_k, pipeline, timeout,
                      cache_dir)
-    run_chat(_connect(config), max_tokens, system)
+    client = _connect(config)
+    trace = _open_trace(trace_path)
+    try:
+        run_chat(client, max_tokens, system, trace)
+    finally:
+        if trace is not None:
+            trace.close()
 
 
 if __name__ == "__main__":

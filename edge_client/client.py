@@ -12,6 +12,7 @@ from edgespec.edge_client.draft_length import DraftLength
 from edgespec.edge_client.drafter import Drafter
 from edgespec.edge_client.spec_loop import speculate
 from edgespec.edge_client.stats import GenerationStats
+from edgespec.edge_client.trace import TraceWriter
 from edgespec.edge_client.transport import Link
 from edgespec.models.fingerprint import describe_mismatch, fingerprint_llama
 from edgespec.wire.codec import Close
@@ -57,12 +58,14 @@ class EdgeClient:
 
     def generate(self, session_id: int, tokens: list[int], max_new_tokens: int,
                  stats: GenerationStats, policy: DraftLength | None = None,
-                 on_wait: Callable[[str], None] | None = None) -> Iterator[list[int]]:
-        """Extend ``tokens`` in place; yield each round's verified tokens."""
+                 on_wait: Callable[[str], None] | None = None,
+                 trace: TraceWriter | None = None) -> Iterator[list[int]]:
+        """Extend ``tokens`` in place; yield each round's verified tokens (``trace``: record
+        them for ``tools/replay``)."""
         return speculate(
             self.drafter, self.link, session_id, tokens, max_new_tokens,
             policy or self.policy, self.stop_ids, stats,
-            pipeline=self.config.pipeline, on_wait=on_wait,
+            pipeline=self.config.pipeline, on_wait=on_wait, trace=trace,
         )
 
     def end_session(self, session_id: int) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from edgespec.edge_client.draft_length import DraftLength
 from edgespec.edge_client.drafter import Drafter
 from edgespec.edge_client.stats import GenerationStats
+from edgespec.edge_client.trace import TraceWriter, open_record, round_record
 from edgespec.edge_client.transport import Link
 from edgespec.wire.codec import Draft, Open, Opened, Verdict
 from edgespec.wire.errors import Overloaded, UnknownSession, WireError
@@ -34,6 +35,7 @@ def speculate(
     stats: GenerationStats,
     pipeline: bool = True,
     on_wait: Callable[[str], None] | None = None,
+    trace: TraceWriter | None = None,
 ) -> Iterator[list[int]]:
     """Extend ``tokens`` in place by up to ``max_new_tokens``; yield each round's new tokens.
 
@@ -41,11 +43,14 @@ def speculate(
     the whole draft is accepted and that the target's bonus token is the draft's own next
     pick. When the guess holds (most rounds at high acceptance) the next draft is already
     made when the verdict lands, so drafting and verification overlap instead of alternating.
+    With ``trace``, each OPEN and each verified round is recorded for ``tools/replay``.
     """
     start = time.perf_counter()
     sent0, received0 = link.bytes_sent, link.bytes_received
     stops = set(stop_ids)
     open_seq = link.send(Open(list(tokens), max_new_tokens), session_id)
+    if trace is not None:
+        trace.write(open_record(session_id, tokens, max_new_tokens))
     opened = False
     ahead: list[int] = []  # drafted (and evaluated) beyond ``tokens`` during the last round
     generated = 0
@@ -63,7 +68,8 @@ def speculate(
                             stats, on_wait)
                 opened = True
             # ---- send; keep drafting while the verdict is in flight
-            sent_at = time.perf_counter()
+            sent_at, sent_wall = time.perf_counter(), time.time()
+            sent0_round, received0_round = link.bytes_sent, link.bytes_received
             seq = link.send(Draft(len(tokens), draft), session_id)
             guesses: list[int] = []
             try:
@@ -75,6 +81,8 @@ def speculate(
                 verdict = reply if reply is not None else link.wait(seq)
             except UnknownSession:  # the daemon lost us: rebuild it from our own history
                 open_seq = link.send(Open(list(tokens), max_new_tokens - generated), session_id)
+                if trace is not None:
+                    trace.write(open_record(session_id, tokens, max_new_tokens - generated))
                 opened, ahead = False, []
                 stats.reopens += 1
                 if stats.reopens > MAX_REOPENS:
@@ -90,6 +98,11 @@ def speculate(
             stats.wait_s += arrived_at - (drafted_at if guesses else sent_at)
             stats.round_trip_s += arrived_at - sent_at
             stats.verify_s += verdict.verify_us / 1e6
+            if trace is not None:
+                trace.write(round_record(
+                    session_id, sent_wall, len(tokens), draft, verdict, arrived_at - sent_at,
+                    draft_time, link.bytes_sent - sent0_round,
+                    link.bytes_received - received0_round))
             # ---- accept the verified prefix plus the target's own token; roll back the rest
             new = [*draft[: verdict.accepted], verdict.next_token]
             full = verdict.accepted == len(draft)

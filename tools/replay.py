@@ -1,0 +1,266 @@
+"""Replay recorded client traces against a running verifyd, or summarise them.
+
+A trace (``edgespec generate --trace FILE``) holds each session's OPEN and its DRAFT/VERDICT
+rounds. Replaying needs no draft model, so one machine can drive a daemon with many
+concurrent sessions of realistic load. Verification is greedy and deterministic, so each
+verdict must match the recording; a mismatch ("diverged") means the daemon changed its
+answer, and the rest of that session no longer applies.
+
+    tools/replay run TRACE... --server tcp://HOST:5557 [--sessions 8] [--pace recorded|fast]
+    tools/replay summary TRACE... [--json]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+from edgespec.edge_client.trace import TraceError, read_trace
+from edgespec.edge_client.transport import Link
+from edgespec.wire.codec import Close, Draft, Open, Opened, Verdict
+from edgespec.wire.errors import WireError
+from rich.console import Console
+from rich.table import Table
+
+Record = dict[str, Any]
+
+
+@dataclass
+class Tally:
+    """What one or more replayed (or recorded) sessions did; tallies add up."""
+
+    sessions: int = 0
+    rounds: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+    diverged_rounds: int = 0
+    diverged_sessions: int = 0
+
+    def add_round(self, drafted: int, accepted: int, latency_ms: float) -> None:
+        self.rounds += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        self.latencies_ms.append(latency_ms)
+
+    def merge(self, other: Tally) -> None:
+        self.sessions += other.sessions
+        self.rounds += other.rounds
+        self.drafted += other.drafted
+        self.accepted += other.accepted
+        self.latencies_ms += other.latencies_ms
+        self.errors.update(other.errors)
+        self.diverged_rounds += other.diverged_rounds
+        self.diverged_sessions += other.diverged_sessions
+
+
+def load_sessions(paths: tuple[str, ...]) -> list[list[Record]]:
+    """Each recorded session's records in order; files are kept apart (ids may repeat)."""
+    sessions: dict[tuple[str, str], list[Record]] = {}
+    for path in paths:
+        try:
+            records = read_trace(path)
+        except TraceError as exc:
+            raise click.ClickException(str(exc)) from exc
+        for record in records:
+            if record.get("kind") in ("open", "round"):
+                sessions.setdefault((path, record["session"]), []).append(record)
+    return [records for records in sessions.values() if records[0]["kind"] == "open"]
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile: no interpolation, so it is always a latency we saw."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100.0 * len(ordered)) - 1)]
+
+
+def summarize(tally: Tally, wall_s: float) -> dict[str, Any]:
+    """The one JSON object both subcommands print."""
+    verified = tally.accepted + tally.rounds  # each round yields accepted + 1 tokens
+    return {
+        "sessions": tally.sessions,
+        "rounds": tally.rounds,
+        "verified_tokens": verified,
+        "wall_s": round(wall_s, 4),
+        "tokens_per_s": round(verified / wall_s, 2) if wall_s > 0 else 0.0,
+        "latency_ms": {f"p{p}": round(percentile(tally.latencies_ms, p), 3)
+                       for p in (50, 90, 99)},
+        "acceptance": round(tally.accepted / tally.drafted, 4) if tally.drafted else 0.0,
+        "mean_draft_length": round(tally.drafted / tally.rounds, 3) if tally.rounds else 0.0,
+        "errors": dict(tally.errors),
+        "diverged_rounds": tally.diverged_rounds,
+        "diverged_sessions": tally.diverged_sessions,
+    }
+
+
+def print_table(title: str, summary: dict[str, Any]) -> None:
+    """For people, on stderr, so stdout stays one JSON line with --json."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items()) or "-"
+        table.add_row(key, str(value))
+    Console(stderr=True, width=120).print(table)
+
+
+def emit(title: str, summary: dict[str, Any], as_json: bool) -> None:
+    print_table(title, summary)
+    if as_json:
+        click.echo(json.dumps(summary))
+
+
+# ---------------------------------------------------------------- replaying one session
+
+
+class Replayer:
+    """Replays one recorded session on its own ``Link`` (a zmq socket stays in its thread)."""
+
+    def __init__(self, endpoint: str, records: list[Record], pace: str, timeout_s: float):
+        self.records = records
+        self.pace = pace
+        self.timeout_s = timeout_s
+        self.endpoint = endpoint
+        self.session_id = secrets.randbits(63) | 1  # fresh, so copies never collide
+        self.tally = Tally(sessions=1)
+
+    def run(self) -> Tally:
+        link = Link(self.endpoint, timeout_s=self.timeout_s)
+        start, t0 = time.monotonic(), self.records[0]["t"]
+        try:
+            for record in self.records:
+                if self.pace == "recorded":
+                    time.sleep(max(0.0, (record["t"] - t0) - (time.monotonic() - start)))
+                if not self.step(link, record):
+                    break
+            self.close(link)
+        finally:
+            link.close()
+        return self.tally
+
+    def step(self, link: Link, record: Record) -> bool:
+        """Send one recorded event; False when the session cannot go on."""
+        try:
+            if record["kind"] == "open":
+                return self.open(link, record)
+            return self.round(link, record)
+        except WireError as exc:
+            self.tally.errors[type(exc).__name__] += 1
+            return False
+
+    def open(self, link: Link, record: Record) -> bool:
+        reply = link.request(Open(record["tokens"], record["max_new_tokens"]), self.session_id)
+        if not isinstance(reply, Opened):
+            raise WireError(f"expected OPENED, got {type(reply).__name__}")
+        return True
+
+    def round(self, link: Link, record: Record) -> bool:
+        sent_at = time.perf_counter()
+        reply = link.request(Draft(record["base_length"], record["draft"]), self.session_id)
+        latency_ms = (time.perf_counter() - sent_at) * 1000.0
+        if not isinstance(reply, Verdict):
+            raise WireError(f"expected VERDICT, got {type(reply).__name__}")
+        self.tally.add_round(len(record["draft"]), reply.accepted, latency_ms)
+        if (reply.accepted, reply.next_token) != (record["accepted"], record["next_token"]):
+            self.tally.diverged_rounds += 1
+            self.tally.diverged_sessions += 1
+            return False
+        return True
+
+    def close(self, link: Link) -> None:
+        try:
+            link.request(Close(), self.session_id, timeout_s=5.0)
+        except WireError as exc:
+            self.tally.errors[type(exc).__name__] += 1
+
+
+def replay(endpoint: str, recorded: list[list[Record]], n: int, pace: str,
+           timeout_s: float) -> tuple[Tally, float]:
+    """N concurrent sessions, cycling through the recorded ones; return the tally and wall."""
+    replayers = [Replayer(endpoint, recorded[i % len(recorded)], pace, timeout_s)
+                 for i in range(n)]
+    results: list[Tally] = []
+    lock = threading.Lock()
+
+    def work(r: Replayer) -> None:
+        tally = r.run()
+        with lock:
+            results.append(tally)
+
+    threads = [threading.Thread(target=work, args=(r,), daemon=True) for r in replayers]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - start
+    total = Tally()
+    for tally in results:
+        total.merge(tally)
+    return total, wall
+
+
+def recorded_tally(recorded: list[list[Record]]) -> tuple[Tally, float]:
+    """The same numbers for the recording itself; wall spans first send to last verdict."""
+    total = Tally(sessions=len(recorded))
+    first, last = math.inf, -math.inf
+    for records in recorded:
+        for record in records:
+            end = record["t"] + record.get("rtt_ms", 0.0) / 1000.0
+            first, last = min(first, record["t"]), max(last, end)
+            if record["kind"] == "round":
+                total.add_round(len(record["draft"]), record["accepted"], record["rtt_ms"])
+    return total, (last - first) if recorded else 0.0
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@click.group()
+def main() -> None:
+    """Replay recorded edgespec traces against a verifyd, or summarise them."""
+
+
+@main.command()
+@click.argument("traces", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--server", required=True, help="verifyd endpoint, e.g. tcp://127.0.0.1:5557.")
+@click.option("--sessions", "n", type=click.IntRange(1, 4096), default=None,
+              help="Concurrent sessions [default: one per recorded session].")
+@click.option("--pace", type=click.Choice(["recorded", "fast"]), default="recorded",
+              show_default=True,
+              help="recorded: keep the recorded spacing of sends; fast: send on each verdict.")
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Seconds to wait for each reply.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object as the last stdout line.")
+def run(traces: tuple[str, ...], server: str, n: int | None, pace: str, timeout: float,
+        as_json: bool) -> None:
+    """Drive a running daemon with the recorded sessions and check its verdicts."""
+    recorded = load_sessions(traces)
+    if not recorded:
+        raise click.ClickException("no recorded sessions in the traces")
+    tally, wall = replay(server, recorded, n or len(recorded), pace, timeout)
+    emit(f"replay against {server} ({pace})", summarize(tally, wall), as_json)
+
+
+@main.command()
+@click.argument("traces", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object as the last stdout line.")
+def summary(traces: tuple[str, ...], as_json: bool) -> None:
+    """Summarise recorded traces; no daemon needed."""
+    tally, wall = recorded_tally(load_sessions(traces))
+    emit("recorded traces", summarize(tally, wall), as_json)
+
+
+if __name__ == "__main__":
+    main()
