@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 from collections.abc import Callable, Iterator
 
 from edgespec.edge_client.chat_template import render_chat
@@ -13,14 +12,12 @@ from edgespec.edge_client.drafter import Drafter
 from edgespec.edge_client.spec_loop import speculate
 from edgespec.edge_client.stats import GenerationStats
 from edgespec.edge_client.trace import TraceWriter
-from edgespec.edge_client.transport import Link
+from edgespec.edge_client.transport import Link, new_session_id
 from edgespec.models.fingerprint import describe_mismatch, fingerprint_llama
 from edgespec.wire.codec import Close
 from edgespec.wire.errors import ModelMismatch, WireError
 
-
-def new_session_id() -> int:
-    return secrets.randbits(63) | 1
+__all__ = ["EdgeClient", "new_session_id"]
 
 
 class EdgeClient:

@@ -16,9 +16,9 @@ from edgespec.edge_client.draft_length import DraftLength
 from edgespec.edge_client.drafter import Drafter
 from edgespec.edge_client.stats import GenerationStats
 from edgespec.edge_client.trace import TraceWriter, open_record, round_record
-from edgespec.edge_client.transport import Link
+from edgespec.edge_client.transport import Link, expect
 from edgespec.wire.codec import Draft, Open, Opened, Verdict
-from edgespec.wire.errors import Overloaded, UnknownSession, WireError
+from edgespec.wire.errors import Overloaded, UnknownSession
 
 MAX_REOPENS = 8
 BACKOFF_S = (0.25, 8.0)
@@ -48,9 +48,7 @@ def speculate(
     start = time.perf_counter()
     sent0, received0 = link.bytes_sent, link.bytes_received
     stops = set(stop_ids)
-    open_seq = link.send(Open(list(tokens), max_new_tokens), session_id)
-    if trace is not None:
-        trace.write(open_record(session_id, tokens, max_new_tokens))
+    open_seq = _send_open(link, session_id, tokens, max_new_tokens, trace)
     opened = False
     ahead: list[int] = []  # drafted (and evaluated) beyond ``tokens`` during the last round
     generated = 0
@@ -80,16 +78,13 @@ def speculate(
                 drafted_at = time.perf_counter()
                 verdict = reply if reply is not None else link.wait(seq)
             except UnknownSession:  # the daemon lost us: rebuild it from our own history
-                open_seq = link.send(Open(list(tokens), max_new_tokens - generated), session_id)
-                if trace is not None:
-                    trace.write(open_record(session_id, tokens, max_new_tokens - generated))
+                open_seq = _send_open(link, session_id, tokens, max_new_tokens - generated, trace)
                 opened, ahead = False, []
                 stats.reopens += 1
                 if stats.reopens > MAX_REOPENS:
                     raise
                 continue
-            if not isinstance(verdict, Verdict):
-                raise WireError(f"expected VERDICT, got {type(verdict).__name__}")
+            verdict = expect(verdict, Verdict)
             arrived_at = time.perf_counter()
             if guesses:
                 draft_time += drafted_at - sent_at
@@ -132,6 +127,14 @@ def speculate(
         stats.bytes_received += link.bytes_received - received0
 
 
+def _send_open(link: Link, session_id: int, tokens: list[int], max_new: int,
+               trace: TraceWriter | None) -> int:
+    """Open (or rebuild) the session from our full history; recorded when tracing."""
+    if trace is not None:
+        trace.write(open_record(session_id, tokens, max_new))
+    return link.send(Open(list(tokens), max_new), session_id)
+
+
 def _await_open(link: Link, seq: int, session_id: int, tokens: list[int], max_new: int,
                 stats: GenerationStats, on_wait: Callable[[str], None] | None) -> None:
     """Wait for OPENED; when the server is full, back off with jitter and ask again."""
@@ -147,7 +150,6 @@ def _await_open(link: Link, seq: int, session_id: int, tokens: list[int], max_ne
             delay = min(delay * 2, BACKOFF_S[1])
             seq = link.send(Open(list(tokens), max_new), session_id)
             continue
-        if not isinstance(reply, Opened):
-            raise WireError(f"expected OPENED, got {type(reply).__name__}")
+        expect(reply, Opened)
         stats.open_s += time.perf_counter() - t0
         return

@@ -10,11 +10,26 @@ from __future__ import annotations
 
 import secrets
 import time
+from typing import TypeVar
 
 import zmq
 from edgespec.wire.codec import Error, Hello, Message, Welcome, decode, encode
 from edgespec.wire.errors import ErrorCode, WireError, error_for_code
 from edgespec.wire.protocol import Limits
+
+M = TypeVar("M", bound=Message)
+
+
+def new_session_id() -> int:
+    """Random and non-zero: the client names its sessions, so a re-open can reuse the name."""
+    return secrets.randbits(63) | 1
+
+
+def expect(reply: Message, kind: type[M]) -> M:
+    """``reply`` as the message type the request calls for, or a protocol error."""
+    if not isinstance(reply, kind):
+        raise WireError(f"expected {kind.TYPE.name}, got {type(reply).__name__}")
+    return reply
 
 
 class DaemonTimeout(WireError):
@@ -70,10 +85,7 @@ class Link:
         return self.wait(self.send(msg, session), timeout_s)
 
     def hello(self, fingerprint: bytes, name: str = "edgespec") -> Welcome:
-        reply = self.request(Hello(fingerprint, name))
-        if not isinstance(reply, Welcome):
-            raise WireError(f"expected WELCOME, got {type(reply).__name__}")
-        return reply
+        return expect(self.request(Hello(fingerprint, name)), Welcome)
 
     def _receive(self, seq: int, timeout_ms: int) -> Message | None:
         while self.socket.poll(timeout_ms):

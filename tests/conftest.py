@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from edgespec.tools.daemon_proc import DaemonProcess, start_daemon
+from edgespec.tools.target_alone import TargetAlone
 
 # Draft and target run at once (pipelined) on this machine in tests: a core each.
 THREADS = int(os.environ.get("EDGESPEC_TEST_THREADS", "1"))
@@ -44,41 +45,9 @@ def daemon(target_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     d.stop()
 
 
-class TargetAlone:
-    """The reference: plain transformers greedy ``generate`` on the same target and dtype."""
-
-    def __init__(self, target: Path):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        torch.set_num_threads(THREADS)
-        self.torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
-        self._memo: dict[tuple[tuple[int, ...], int], list[int]] = {}
-
-    def greedy(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
-        key = (tuple(prompt_ids), max_new_tokens)
-        if key not in self._memo:
-            ids = self.torch.tensor([prompt_ids])
-            with self.torch.inference_mode():
-                out = self.model.generate(
-                    ids, attention_mask=self.torch.ones_like(ids), do_sample=False,
-                    max_new_tokens=max_new_tokens, pad_token_id=self.model.config.eos_token_id,
-                )
-            self._memo[key] = out[0, len(prompt_ids):].tolist()
-        return self._memo[key]
-
-    def top2_margin(self, context: list[int]) -> float:
-        """Logit gap between the target's best and second-best next token after ``context``."""
-        with self.torch.inference_mode():
-            logits = self.model(self.torch.tensor([context])).logits[0, -1]
-        top = logits.topk(2).values
-        return float(top[0] - top[1])
-
-
 @pytest.fixture(scope="session")
 def target_alone(target_dir: Path) -> TargetAlone:
-    return TargetAlone(target_dir)
+    return TargetAlone(target_dir, THREADS, memo=True)
 
 
 def assert_same_tokens(target_alone: TargetAlone, prompt_ids: list[int], got: list[int],

@@ -47,28 +47,6 @@ def load_prompts(name: str, n: int) -> list[tuple[str, bool]]:
     raise click.BadParameter(f"unknown prompt set {name!r}")
 
 
-class TargetAlone:
-    """What a user would otherwise run: transformers ``generate`` on the same target."""
-
-    def __init__(self, target: str, threads: int):
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        torch.set_num_threads(threads)
-        self.torch = torch
-        self.model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
-
-    def generate(self, prompt: list[int], max_new: int, stop_ids: tuple[int, ...]) -> list[int]:
-        ids = self.torch.tensor([prompt])
-        with self.torch.inference_mode():
-            out = self.model.generate(
-                ids, attention_mask=self.torch.ones_like(ids), do_sample=False,
-                max_new_tokens=max_new, eos_token_id=list(stop_ids),
-                pad_token_id=stop_ids[0],
-            )
-        return out[0, len(prompt):].tolist()
-
-
 def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: int,
              split_threads: int, pipeline: bool, progress: Progress,
              workdir: Path) -> dict[str, Any]:
@@ -78,6 +56,7 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
     from edgespec.models.convert import resolve_target
     from edgespec.models.paths import default_cache_dir, resolve_draft
     from edgespec.tools.daemon_proc import start_daemon
+    from edgespec.tools.target_alone import TargetAlone
 
     cache = default_cache_dir()
     target = resolve_target(None, cache)
@@ -97,7 +76,7 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
             return tokens[len(prompt):]
 
         warm = client.drafter.tokenize("Hello")
-        alone.generate(warm, 4, client.stop_ids)
+        alone.greedy(warm, 4, client.stop_ids)
         edgespec_run(warm, k, GenerationStats())
         for set_name in sets:
             prompts = load_prompts(set_name, n)
@@ -110,7 +89,7 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
                 for method in METHODS:
                     t0 = time.perf_counter()
                     if method == "target_generate":
-                        out = alone.generate(ids, max_new, client.stop_ids)
+                        out = alone.greedy(ids, max_new, client.stop_ids)
                     else:
                         k_run = 0 if method == "daemon_k0" else k
                         stats = spec_stats if method == "edgespec" else GenerationStats()

@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
-import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
 from edgespec.edge_client.trace import TraceError, read_trace
-from edgespec.edge_client.transport import Link
+from edgespec.edge_client.transport import Link, expect, new_session_id
 from edgespec.wire.codec import Close, Draft, Open, Opened, Verdict
 from edgespec.wire.errors import WireError
 from rich.console import Console
@@ -132,7 +131,7 @@ class Replayer:
         self.pace = pace
         self.timeout_s = timeout_s
         self.endpoint = endpoint
-        self.session_id = secrets.randbits(63) | 1  # fresh, so copies never collide
+        self.session_id = new_session_id()  # fresh, so copies never collide
         self.tally = Tally(sessions=1)
 
     def run(self) -> Tally:
@@ -160,17 +159,15 @@ class Replayer:
             return False
 
     def open(self, link: Link, record: Record) -> bool:
-        reply = link.request(Open(record["tokens"], record["max_new_tokens"]), self.session_id)
-        if not isinstance(reply, Opened):
-            raise WireError(f"expected OPENED, got {type(reply).__name__}")
+        expect(link.request(Open(record["tokens"], record["max_new_tokens"]), self.session_id),
+               Opened)
         return True
 
     def round(self, link: Link, record: Record) -> bool:
         sent_at = time.perf_counter()
-        reply = link.request(Draft(record["base_length"], record["draft"]), self.session_id)
+        reply = expect(link.request(Draft(record["base_length"], record["draft"]),
+                                    self.session_id), Verdict)
         latency_ms = (time.perf_counter() - sent_at) * 1000.0
-        if not isinstance(reply, Verdict):
-            raise WireError(f"expected VERDICT, got {type(reply).__name__}")
         self.tally.add_round(len(record["draft"]), reply.accepted, latency_ms)
         if (reply.accepted, reply.next_token) != (record["accepted"], record["next_token"]):
             self.tally.diverged_rounds += 1
@@ -190,20 +187,9 @@ def replay(endpoint: str, recorded: list[list[Record]], n: int, pace: str,
     """N concurrent sessions, cycling through the recorded ones; return the tally and wall."""
     replayers = [Replayer(endpoint, recorded[i % len(recorded)], pace, timeout_s)
                  for i in range(n)]
-    results: list[Tally] = []
-    lock = threading.Lock()
-
-    def work(r: Replayer) -> None:
-        tally = r.run()
-        with lock:
-            results.append(tally)
-
-    threads = [threading.Thread(target=work, args=(r,), daemon=True) for r in replayers]
     start = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        results = list(pool.map(Replayer.run, replayers))
     wall = time.perf_counter() - start
     total = Tally()
     for tally in results:

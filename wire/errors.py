@@ -72,13 +72,8 @@ class Unsupported(WireError):
     code = ErrorCode.UNSUPPORTED
 
 
-_BY_CODE: dict[ErrorCode, type[WireError]] = {
-    cls.code: cls
-    for cls in (
-        MalformedFrame, VersionMismatch, FrameTooLarge, Overloaded, UnknownSession, AuthFailed,
-        ModelMismatch, OutOfSync, InvalidToken, LimitExceeded, Unsupported,
-    )
-}
+# Every typed error defined above, by its code (derived, so a new class cannot be forgotten).
+_BY_CODE: dict[ErrorCode, type[WireError]] = {cls.code: cls for cls in WireError.__subclasses__()}
 
 
 def error_for_code(code: ErrorCode, message: str) -> WireError:
