@@ -25,6 +25,7 @@ from edgespec.wire.codec import (
     Opened,
     Ping,
     Pong,
+    TokenArray,
     Verdict,
     Welcome,
 )
@@ -91,8 +92,8 @@ class Engine:
         """Create or rebuild a session at the client's position, reusing a common KV prefix."""
         if msg.sampling.temperature != 0.0 or msg.sampling.verify != 0:
             raise Unsupported("only greedy verification (temperature 0) is served by this daemon")
-        tokens = [int(t) for t in msg.tokens]
-        self._check_tokens(tokens)
+        self._check_tokens(msg.tokens)
+        tokens: list[int] = msg.tokens.tolist()
         if len(tokens) >= self.max_context:
             raise LimitExceeded(f"{len(tokens)} tokens exceed the context of {self.max_context}")
         old = self.sessions.get(sid)
@@ -134,10 +135,10 @@ class Engine:
             raise OutOfSync(
                 f"draft extends {msg.base_length} tokens but the session holds {session.length}"
             )
-        draft = [int(t) for t in msg.tokens]
+        draft: list[int] = msg.tokens.tolist()
         if len(draft) > self.config.max_draft_tokens:
             raise LimitExceeded(f"draft of {len(draft)} exceeds {self.config.max_draft_tokens}")
-        self._check_tokens(draft)
+        self._check_tokens(msg.tokens)
         if session.length + len(draft) >= self.max_context:
             raise LimitExceeded(f"context of {self.max_context} tokens is full")
         start = time.perf_counter()
@@ -164,11 +165,11 @@ class Engine:
             raise UnknownSession(f"unknown session {sid:#x}: re-open it with the full history")
         return session
 
-    def _check_tokens(self, tokens: list[int]) -> None:
+    def _check_tokens(self, tokens: TokenArray) -> None:
         vocab = self.info.vocab_size
-        bad = next((t for t in tokens if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidToken(f"token id {bad} outside the target vocabulary of {vocab}")
+        bad = tokens[(tokens < 0) | (tokens >= vocab)]
+        if bad.size:
+            raise InvalidToken(f"token id {int(bad[0])} outside the target vocabulary of {vocab}")
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -67,8 +67,7 @@ class Server:
             return  # no routing id + message: nothing to answer
         peer, body = frames[0], frames[1:]
         self.requests += 1
-        header = peek_header(body)
-        session, seq = (header.session, header.seq) if header else (0, 0)
+        envelope = None
         try:
             envelope = decode(body, self.limits)
             reply = self.engine.handle(peer, envelope.session, envelope.msg)
@@ -80,4 +79,9 @@ class Server:
             self.errors += 1
             log.exception("internal error serving peer %s", peer.hex())
             reply = Error(ErrorCode.INTERNAL, "internal error in verifyd (see its log)")
+        if envelope is not None:
+            session, seq = envelope.session, envelope.seq
+        else:  # undecodable: answer to whatever header we can still read
+            header = peek_header(body)
+            session, seq = (header.session, header.seq) if header else (0, 0)
         self.socket.send_multipart([peer, *encode(reply, session, seq)])
