@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -108,8 +109,6 @@ def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fi
              prompt_file: str | None, raw: bool, max_tokens: int, temperature: float,
              as_json: bool) -> None:
     """Answer prompts non-interactively."""
-    from edgespec.edge_client.client import new_session_id
-    from edgespec.edge_client.stats import GenerationStats
     from edgespec.wire.errors import WireError
 
     if (prompt is None) == (prompt_file is None):
@@ -117,48 +116,54 @@ def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fi
     config = _config(server, draft, threads, draft_tokens, fixed_k, pipeline, timeout,
                      cache_dir)
     client = _connect(config)
-    trace = _open_trace(trace_path)
     failed = 0
-    for item in _read_prompts(prompt, prompt_file):
-        result: dict[str, Any] = {"id": item.get("id")} if prompt_file else {}
-        if "error" in item:
-            result["error"] = item["error"]
-            failed += 1
+    with _open_trace(trace_path) as trace:
+        for item in _read_prompts(prompt, prompt_file):
+            result: dict[str, Any] = {"id": item.get("id")} if prompt_file else {}
+            if "error" in item:  # a bad prompt-file line
+                result["error"] = item["error"]
+            else:
+                try:
+                    result.update(
+                        _answer_prompt(client, item, raw, draft_tokens, max_tokens, trace))
+                except (WireError, ValueError, TypeError) as exc:
+                    result["error"] = f"{type(exc).__name__}: {exc}"
+            failed += "error" in result
             _emit(result, as_json)
-            continue
-        try:
-            text = item["prompt"]
-            tokens = (client.drafter.tokenize(text) if item.get("raw", raw)
-                      else client.chat_tokens([{"role": "user", "content": text}]))
-            prompt_ids = list(tokens)
-            k = int(item.get("draft_tokens", draft_tokens))
-            limit = int(item.get("max_tokens", max_tokens))
-            if not (0 <= k <= 64 and 1 <= limit <= 32768):
-                raise ValueError("draft_tokens must be in 0..64 and max_tokens in 1..32768")
-            stats = GenerationStats()
-            sid = new_session_id()
-            for _ in client.generate(sid, tokens, limit, stats, policy=client.new_policy(k),
-                                     trace=trace):
-                pass
-            client.end_session(sid)
-            generated = tokens[len(prompt_ids):]
-            result.update(prompt_token_ids=prompt_ids, token_ids=generated,
-                          text=client.text(generated), stats=stats.as_dict())
-        except (WireError, ValueError, TypeError) as exc:
-            result["error"] = f"{type(exc).__name__}: {exc}"
-            failed += 1
-        _emit(result, as_json)
     client.close()
-    if trace is not None:
-        trace.close()
     if failed and not as_json:
         sys.exit(1)
 
 
-def _open_trace(path: str | None) -> Any:
-    """A ``TraceWriter`` on ``path``, or None when no trace was asked for."""
+def _answer_prompt(client: Any, item: dict[str, Any], raw: bool, draft_tokens: int,
+                   max_tokens: int, trace: Any) -> dict[str, Any]:
+    """One prompt-file line (or --prompt) through a fresh session, as the --json fields."""
+    from edgespec.edge_client.client import new_session_id
+    from edgespec.edge_client.stats import GenerationStats
+
+    text = item["prompt"]
+    tokens = (client.drafter.tokenize(text) if item.get("raw", raw)
+              else client.chat_tokens([{"role": "user", "content": text}]))
+    prompt_ids = list(tokens)
+    k = int(item.get("draft_tokens", draft_tokens))
+    limit = int(item.get("max_tokens", max_tokens))
+    if not (0 <= k <= 64 and 1 <= limit <= 32768):
+        raise ValueError("draft_tokens must be in 0..64 and max_tokens in 1..32768")
+    stats = GenerationStats()
+    sid = new_session_id()
+    for _ in client.generate(sid, tokens, limit, stats, policy=client.new_policy(k),
+                             trace=trace):
+        pass
+    client.end_session(sid)
+    generated = tokens[len(prompt_ids):]
+    return dict(prompt_token_ids=prompt_ids, token_ids=generated,
+                text=client.text(generated), stats=stats.as_dict())
+
+
+def _open_trace(path: str | None) -> contextlib.AbstractContextManager[Any]:
+    """A ``TraceWriter`` on ``path`` (closed on exit), or a no-op when none was asked for."""
     if path is None:
-        return None
+        return contextlib.nullcontext()
     from edgespec.edge_client.trace import TraceWriter
 
     try:
@@ -195,12 +200,8 @@ def chat(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_
     config = _config(server, draft, threads, draft_tokens, fixed_k, pipeline, timeout,
                      cache_dir)
     client = _connect(config)
-    trace = _open_trace(trace_path)
-    try:
+    with _open_trace(trace_path) as trace:
         run_chat(client, max_tokens, system, trace)
-    finally:
-        if trace is not None:
-            trace.close()
 
 
 if __name__ == "__main__":
