@@ -95,6 +95,7 @@ class Link:
             if envelope.seq != seq:
                 continue  # a late reply to a request we gave up on
             if isinstance(envelope.msg, Error):
-                raise error_for_code(envelope.msg.code, envelope.msg.message)
+                raise error_for_code(envelope.msg.code, envelope.msg.message,
+                                     envelope.msg.retry_after_ms)
             return envelope.msg
         return None

@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 2**10, "mi": 2**20, "gi": 2**30}
+
+
+def parse_kv_budget(text: str) -> tuple[int, int]:
+    """``--kv-budget``: "auto", a token count ("32768") or bytes with a unit ("2GiB", "512MB");
+    returns (tokens, bytes), at most one non-zero, (0, 0) for auto."""
+    text = text.strip().lower()
+    if text == "auto":
+        return 0, 0
+    if text.isdigit():
+        return int(text), 0
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(k|m|g|ki|mi|gi)b?", text)
+    if match is None:
+        raise ValueError(f"--kv-budget {text!r}: give 'auto', tokens (32768) or bytes (2GiB)")
+    return 0, int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,8 +33,14 @@ class DaemonConfig:
     max_sessions: int = 64
     max_draft_tokens: int = 32
     max_context: int = 8192
-    prefill_chunk: int = 512
-    session_idle_s: float = 600.0
+    prefill_chunk: int = 512  # most prompt tokens one session prefills in one step
+    step_tokens: int = 1024  # most tokens (all sessions) in one forward pass
+    kv_budget_tokens: int = 0  # 0 and kv_budget_bytes 0: auto (see model_runner)
+    kv_budget_bytes: int = 0
+    block_size: int = 16  # tokens per KV block
+    session_idle_s: float = 600.0  # an idle session (vanished client) is freed after this
+    retry_after_ms: int = 1000  # hint sent with a busy reply
+    stats_file: str = ""  # rewritten as JSON about once a second when set
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -28,6 +51,12 @@ class DaemonConfig:
             raise ValueError("max_draft_tokens must be in 0..64 (the wire's bound)")
         if self.prefill_chunk < 1:
             raise ValueError("prefill_chunk must be positive")
+        if self.step_tokens < 2 * (self.max_draft_tokens + 1):
+            raise ValueError("step_tokens must hold at least two full drafts")
+        if self.block_size < 1 or self.kv_budget_tokens < 0 or self.kv_budget_bytes < 0:
+            raise ValueError("block_size must be positive and the KV budget not negative")
+        if self.session_idle_s <= 0 or self.retry_after_ms < 0:
+            raise ValueError("session_idle_s must be positive and retry_after_ms not negative")
 
     @property
     def endpoint(self) -> str:

@@ -1,24 +1,28 @@
-"""The verification engine: sessions, admission, and one verify step per draft.
+"""The verification engine: requests in, one batched step at a time, replies out.
 
-The server hands decoded messages here and sends back whatever comes out; nothing here
-touches sockets, and only ``ModelRunner`` touches tensors.
+``submit`` checks a request and either answers it at once (HELLO, PING, CLOSE, errors) or
+queues it on its session; ``step`` is nano-vllm's shape: schedule, run, postprocess. Nothing
+here touches sockets (``server.py``) or tensors (``model_runner.py``), and each session's
+accept decision is made in one place, ``_decide``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
+from typing import Any
 
 from edgespec.models.fingerprint import describe_mismatch
 from edgespec.verify_daemon.config import DaemonConfig
 from edgespec.verify_daemon.model_runner import ModelRunner
-from edgespec.verify_daemon.session import Session
+from edgespec.verify_daemon.scheduler import Chunk, Scheduler
+from edgespec.verify_daemon.session import Session, Work
 from edgespec.verify_daemon.verify import greedy_accept
 from edgespec.wire.codec import (
     Close,
     Closed,
     Draft,
+    Error,
     Hello,
     Message,
     Open,
@@ -30,6 +34,7 @@ from edgespec.wire.codec import (
     Welcome,
 )
 from edgespec.wire.errors import (
+    ErrorCode,
     InvalidToken,
     LimitExceeded,
     MalformedFrame,
@@ -42,29 +47,43 @@ from edgespec.wire.errors import (
 
 log = logging.getLogger(__name__)
 
+Reply = tuple[bytes, int, int, Message]  # peer, session id, request seq, message
+
 
 class Engine:
     def __init__(self, runner: ModelRunner, config: DaemonConfig):
         self.runner = runner
         self.config = config
         self.info = runner.info
+        self.blocks = runner.blocks
         self.max_context = min(config.max_context, runner.info.max_context)
-        self.sessions: OrderedDict[int, Session] = OrderedDict()  # LRU order: oldest first
+        self.scheduler = Scheduler(runner.blocks, config.max_sessions, config.step_tokens,
+                                   config.prefill_chunk, config.max_draft_tokens,
+                                   config.retry_after_ms)
+        self.sessions = self.scheduler.sessions  # LRU order: least recently active first
+        self.steps = 0
+        self.forward_tokens = 0
         self.verified_tokens = 0
-        self.forward_passes = 0
+        self.rounds = 0
+        self.busy = 0
+        self.expired = 0
 
-    # ------------------------------------------------------------ dispatch
+    # ------------------------------------------------------------ requests
 
-    def handle(self, peer: bytes, sid: int, msg: Message) -> Message:
-        """One request in, one reply out; raises only ``WireError`` for the client's mistakes."""
+    def submit(self, peer: bytes, sid: int, seq: int, msg: Message) -> Message | None:
+        """Answer now, or queue the request and return None (``step`` answers it).
+
+        Raises only ``WireError`` for the client's mistakes, and then changes nothing.
+        """
         if isinstance(msg, Draft):
-            return self.verify(peer, sid, msg)
+            self._queue_draft(peer, sid, seq, msg)
+            return None
         if isinstance(msg, Open):
-            return self.open(peer, sid, msg)
+            return self._queue_open(peer, sid, seq, msg)
         if isinstance(msg, Hello):
             return self.hello(msg)
         if isinstance(msg, Close):
-            self.close(peer, sid)
+            self.scheduler.remove(self._session(peer, sid).sid)
             return Closed()
         if isinstance(msg, Ping):
             return Pong(msg.stamp)
@@ -86,78 +105,162 @@ class Engine:
             chat_template=self.info.chat_template,
         )
 
-    # ------------------------------------------------------------ sessions
-
-    def open(self, peer: bytes, sid: int, msg: Open) -> Opened:
-        """Create or rebuild a session at the client's position, reusing a common KV prefix."""
+    def _queue_open(self, peer: bytes, sid: int, seq: int, msg: Open) -> Opened | None:
+        """Create or rebuild a session at the client's position, reusing a common KV prefix;
+        the prefill then runs in chunks inside the scheduler's steps."""
         if msg.sampling.temperature != 0.0 or msg.sampling.verify != 0:
             raise Unsupported("only greedy verification (temperature 0) is served by this daemon")
         self._check_tokens(msg.tokens)
         tokens: list[int] = msg.tokens.tolist()
         if len(tokens) >= self.max_context:
             raise LimitExceeded(f"{len(tokens)} tokens exceed the context of {self.max_context}")
+        self._check_fits(len(tokens))
         old = self.sessions.get(sid)
         if old is not None and old.peer != peer:
             raise UnknownSession(f"session {sid:#x} belongs to another connection")
-        if old is None and len(self.sessions) >= self.config.max_sessions:
-            raise Overloaded(f"server full: {len(self.sessions)} sessions; retry later")
         now = time.monotonic()
         if old is not None:
-            cache = old.cache
-            keep = _common_prefix(old.tokens[:-1], tokens[:-1])
-            self.runner.truncate(cache, keep)
+            self.scheduler.done(old)  # a re-open supersedes whatever was in flight
+            keep = min(old.cached, _common_prefix(old.tokens[:-1], tokens[:-1]))
+            self.blocks.truncate(old.blocks, keep)
+            old.cached, old.tokens = keep, tokens
+            old.sampling, old.max_new_tokens, old.prompt_length = (
+                msg.sampling, msg.max_new_tokens, len(tokens))
+            session = old
         else:
-            cache, keep = self.runner.new_cache(), 0
-        self.runner.prefill(cache, tokens[keep:-1], self.config.prefill_chunk)
-        self.sessions[sid] = Session(
-            sid, peer, tokens, cache, msg.sampling, msg.max_new_tokens, len(tokens), now
-        )
-        self.sessions.move_to_end(sid)
-        return Opened(len(tokens))
+            try:
+                self.scheduler.admit(len(tokens))
+            except Overloaded:
+                self.busy += 1
+                raise
+            session = Session(sid, peer, tokens, msg.sampling, msg.max_new_tokens, len(tokens),
+                              now)
+            self.scheduler.add(session)
+        self.scheduler.touch(session, now)
+        if session.to_prefill == 0:
+            return Opened(session.length)
+        self.scheduler.submit(session, Work("open", seq, self.scheduler.step_no, now))
+        return None
 
-    def close(self, peer: bytes, sid: int) -> None:
+    def _queue_draft(self, peer: bytes, sid: int, seq: int, msg: Draft) -> None:
         session = self._session(peer, sid)
-        del self.sessions[session.sid]
-
-    def expire(self, now: float) -> int:
-        """Drop sessions idle past the limit (a client that vanished); returns how many."""
-        stale = [s.sid for s in self.sessions.values()
-                 if now - s.last_active > self.config.session_idle_s]
-        for sid in stale:
-            del self.sessions[sid]
-        return len(stale)
-
-    # ------------------------------------------------------------ verification
-
-    def verify(self, peer: bytes, sid: int, msg: Draft) -> Verdict:
-        session = self._session(peer, sid)
+        if session.pending is not None:
+            raise OutOfSync("the session's previous request is still being served")
         if msg.base_length != session.length:
             raise OutOfSync(
                 f"draft extends {msg.base_length} tokens but the session holds {session.length}"
             )
-        draft: list[int] = msg.tokens.tolist()
-        if len(draft) > self.config.max_draft_tokens:
-            raise LimitExceeded(f"draft of {len(draft)} exceeds {self.config.max_draft_tokens}")
+        if len(msg.tokens) > self.config.max_draft_tokens:
+            raise LimitExceeded(
+                f"draft of {len(msg.tokens)} exceeds {self.config.max_draft_tokens}")
         self._check_tokens(msg.tokens)
-        if session.length + len(draft) >= self.max_context:
+        if session.length + len(msg.tokens) >= self.max_context:
             raise LimitExceeded(f"context of {self.max_context} tokens is full")
+        self._check_fits(session.length + len(msg.tokens))
+        now = time.monotonic()
+        self.scheduler.touch(session, now)
+        self.scheduler.submit(session, Work("draft", seq, self.scheduler.step_no, now,
+                                            msg.tokens.tolist()))
+
+    def expire(self, now: float) -> int:
+        """Drop sessions idle past the limit (a client that vanished); returns how many."""
+        stale = [s.sid for s in self.sessions.values()
+                 if s.idle and now - s.last_active > self.config.session_idle_s]
+        for sid in stale:
+            self.scheduler.remove(sid)
+        self.expired += len(stale)
+        return len(stale)
+
+    # ------------------------------------------------------------ one step
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def step(self) -> list[Reply]:
+        """Schedule, run one forward pass over every scheduled chunk, answer who is done."""
+        batch = self.scheduler.schedule()
+        replies = [self._preempted(s, work) for s, work in batch.preempted]
+        if not batch.chunks:
+            return replies
         start = time.perf_counter()
-        picks = self.runner.greedy_picks(session.cache, [session.tokens[-1], *draft])
-        accepted, next_token = greedy_accept(draft, picks)
+        logits = self.runner.run(batch.chunks)  # [rows, vocab] float32
+        verify_us = int((time.perf_counter() - start) * 1e6)
+        now = time.monotonic()
+        row = 0
+        for chunk in batch.chunks:
+            if chunk.logits:
+                n = len(chunk.tokens)
+                replies.append(self._finish_round(chunk, logits[row:row + n], verify_us, now))
+                row += n
+            else:
+                reply = self._finish_prefill(chunk, now)
+                if reply is not None:
+                    replies.append(reply)
+        self.steps += 1
+        self.forward_tokens += batch.num_tokens
+        return replies
+
+    def _finish_round(self, chunk: Chunk, logits_rows: Any, verify_us: int, now: float) -> Reply:
+        session = chunk.session
+        work = session.pending
+        assert work is not None
+        draft = chunk.tokens[1:]
+        accepted, next_token = self._decide(session, draft, logits_rows)
         session.tokens.extend(draft[:accepted])
         session.tokens.append(next_token)
-        self.runner.truncate(session.cache, session.length - 1)
-        verify_us = int((time.perf_counter() - start) * 1e6)
+        session.cached = session.length - 1  # rejected positions are dropped by a length
+        self.blocks.truncate(session.blocks, session.cached)
         session.rounds += 1
         session.drafted += len(draft)
         session.accepted += accepted
-        session.last_active = time.monotonic()
-        self.sessions.move_to_end(sid)
-        self.forward_passes += 1
+        self.scheduler.done(session)
+        self.scheduler.touch(session, now)
+        self.rounds += 1
         self.verified_tokens += accepted + 1
-        return Verdict(accepted, next_token, session.length, verify_us)
+        return (session.peer, session.sid, work.seq,
+                Verdict(accepted, next_token, session.length, verify_us))
 
-    # ------------------------------------------------------------ checks
+    def _decide(self, session: Session, draft_tokens: list[int], logits_rows: Any
+                ) -> tuple[int, int]:
+        """(accepted, next_token) for one session; ``logits_rows`` [k + 1, vocab] float32 are
+        the target's logits after the last verified token and after each draft token."""
+        picks: list[int] = logits_rows.argmax(dim=-1).tolist()
+        return greedy_accept(draft_tokens, picks)
+
+    def _finish_prefill(self, chunk: Chunk, now: float) -> Reply | None:
+        session = chunk.session
+        session.cached += len(chunk.tokens)
+        if session.to_prefill:
+            return None
+        work = session.pending
+        assert work is not None
+        self.scheduler.done(session)
+        self.scheduler.touch(session, now)
+        return session.peer, session.sid, work.seq, Opened(session.length)
+
+    def _preempted(self, session: Session, work: Work) -> Reply:
+        """A session dropped because nothing fitted: busy for an OPEN, lost for a DRAFT."""
+        if work.kind == "open":
+            self.busy += 1
+            msg = Error(ErrorCode.OVERLOADED, "KV memory full; retry later",
+                        self.config.retry_after_ms)
+        else:
+            msg = Error(ErrorCode.UNKNOWN_SESSION,
+                        "session evicted under memory pressure: re-open it with the full history")
+        return session.peer, session.sid, work.seq, msg
+
+    def fail_waiting(self, message: str) -> list[Reply]:
+        """After a failed step: drop every session with a request waiting, answering each."""
+        replies = []
+        for sid in list(self.scheduler.waiting):
+            session = self.scheduler.remove(sid)
+            if session is not None and session.pending is not None:
+                replies.append((session.peer, sid, session.pending.seq,
+                                Error(ErrorCode.INTERNAL, message)))
+        return replies
+
+    # ------------------------------------------------------------ checks and stats
 
     def _session(self, peer: bytes, sid: int) -> Session:
         session = self.sessions.get(sid)
@@ -170,6 +273,25 @@ class Engine:
         bad = tokens[(tokens < 0) | (tokens >= vocab)]
         if bad.size:
             raise InvalidToken(f"token id {int(bad[0])} outside the target vocabulary of {vocab}")
+
+    def _check_fits(self, length: int) -> None:
+        """A session that could never fit the KV budget, even alone, is refused for good."""
+        if self.blocks.blocks_for(length + 1) > self.blocks.capacity:
+            raise LimitExceeded(f"{length} tokens exceed the KV budget of "
+                                f"{self.blocks.capacity * self.blocks.block_size} tokens")
+
+    def stats(self) -> dict[str, Any]:
+        """Counters for ``--stats-file`` and the benchmarks."""
+        s = self.scheduler
+        return {
+            "steps": self.steps, "forward_tokens": self.forward_tokens,
+            "rounds": self.rounds, "verified_tokens": self.verified_tokens,
+            "sessions": len(self.sessions), "waiting": len(s.waiting),
+            "kv_blocks_used": self.blocks.used, "kv_blocks_total": self.blocks.capacity,
+            "kv_blocks_peak": self.blocks.peak_used, "block_size": self.blocks.block_size,
+            "evictions": s.evictions, "preemptions": s.preemptions, "busy": self.busy,
+            "expired": self.expired, "max_wait_steps": s.max_wait_steps,
+        }
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -1,15 +1,32 @@
-"""The target model: loading, KV caches and forward passes; the only module touching devices."""
+"""The target model, its paged KV pool and the batched forward pass; the only module touching
+devices.
+
+One step packs every scheduled session's new tokens into a single ragged sequence (no padding
+in the linear layers, where the FLOPs are), with per-token positions. Attention is a function
+registered through transformers' ``AttentionInterface``, so any HF decoder that routes
+attention through that interface runs unchanged: it writes the step's keys and values into the
+pool at each token's slot, gathers each session's cached + new keys through its block table,
+and runs SDPA per group of sessions with a causal mask over that session's own positions.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from edgespec.models.fingerprint import fingerprint_hf_tokenizer
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, GenerationConfig
+from edgespec.verify_daemon.block_manager import BlockManager
+from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 log = logging.getLogger(__name__)
+
+ATTENTION = "edgespec_paged"
+AUTO_BUDGET_TOKENS = 32_768  # CPU default: ~1.5 GB of float32 KV for SmolLM2-135M
+AUTO_CUDA_FRACTION = 0.5  # of the free device memory after loading the model
 
 
 def pick_device(requested: str) -> torch.device:
@@ -54,17 +71,94 @@ class TargetInfo:
     fingerprint: bytes
 
 
-class ModelRunner:
-    """Owns the target model and every KV tensor; callers hold caches only as opaque handles."""
+class Chunk(Protocol):
+    """What one session feeds in a step: ``tokens`` at positions ``start..``, through its
+    block table; ``logits``: whether the step must score each of them (a draft round)."""
 
-    def __init__(self, target: str, device: str = "auto", dtype: str = "auto", threads: int = 0):
+    @property
+    def blocks(self) -> list[int]: ...
+    start: int
+    tokens: list[int]
+    logits: bool
+
+
+# ---------------------------------------------------------------- the attention function
+
+
+@dataclass(slots=True)
+class _Group:
+    """Sessions whose attention runs as one padded SDPA call (similar query lengths)."""
+
+    token_index: torch.Tensor  # [Tg] rows of the packed step that belong to the group
+    query_index: torch.Tensor  # [G, Q] packed row of each (session, query) pair; pad: 0
+    read_slots: torch.Tensor  # [G, L] pool slot of each session's key at position l; pad: 0
+    mask: torch.Tensor  # [G, 1, Q, L] bool: query may attend key
+    out_index: torch.Tensor  # [Tg] flat index into [G * Q] of each real query
+
+
+@dataclass(slots=True)
+class PagedStep:
+    """Everything the attention function needs for one step; built once, shared by layers."""
+
+    k_pool: torch.Tensor  # [layers, slots, kv_heads, head_dim]
+    v_pool: torch.Tensor  # [layers, slots, kv_heads, head_dim]
+    write_slots: torch.Tensor  # [T] pool slot of each packed token
+    groups: list[_Group]
+
+
+def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                    value: torch.Tensor, attention_mask: torch.Tensor | None,
+                    scaling: float | None = None, dropout: float = 0.0,
+                    paged: PagedStep | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """query [1, Hq, T, D], key/value [1, Hkv, T, D] → output [1, T, Hq, D]."""
+    if paged is None:
+        raise RuntimeError("edgespec_paged attention needs the step's PagedStep")
+    layer = int(module.layer_idx)  # type: ignore[arg-type]
+    k_pool, v_pool = paged.k_pool[layer], paged.v_pool[layer]  # [slots, Hkv, D]
+    k_pool.index_copy_(0, paged.write_slots, key[0].transpose(0, 1))
+    v_pool.index_copy_(0, paged.write_slots, value[0].transpose(0, 1))
+    q = query[0].transpose(0, 1)  # [T, Hq, D]
+    out = torch.empty_like(q)
+    gqa = q.shape[1] != k_pool.shape[1]
+    for g in paged.groups:
+        qg = q[g.query_index].transpose(1, 2)  # [G, Hq, Q, D]
+        kg = k_pool[g.read_slots].transpose(1, 2)  # [G, Hkv, L, D]
+        vg = v_pool[g.read_slots].transpose(1, 2)
+        og = torch.nn.functional.scaled_dot_product_attention(
+            qg, kg, vg, attn_mask=g.mask, scale=scaling, enable_gqa=gqa)  # [G, Hq, Q, D]
+        flat = og.transpose(1, 2).reshape(-1, q.shape[1], q.shape[2])  # [G*Q, Hq, D]
+        out.index_copy_(0, g.token_index, flat[g.out_index])
+    return out.unsqueeze(0), None
+
+
+def _group_by_length(lengths: Sequence[int]) -> list[list[int]]:
+    """Indices grouped so that padding a group to its longest member at most doubles it."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and 2 * lengths[i] >= lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+# ---------------------------------------------------------------- the runner
+
+
+class ModelRunner:
+    """Owns the target model and the KV pool; callers see blocks and logits rows only."""
+
+    def __init__(self, target: str, device: str = "auto", dtype: str = "auto", threads: int = 0,
+                 kv_budget_tokens: int = 0, kv_budget_bytes: int = 0, block_size: int = 16):
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = pick_device(device)
         self.dtype = pick_dtype(dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(target)
+        AttentionInterface.register(ATTENTION, paged_attention)
         self.model = AutoModelForCausalLM.from_pretrained(
-            target, dtype=self.dtype, device_map=self.device
+            target, dtype=self.dtype, device_map=self.device, attn_implementation=ATTENTION
         ).eval()
         config = self.model.config
         self.info = TargetInfo(
@@ -75,33 +169,91 @@ class ModelRunner:
             chat_template=self.tokenizer.chat_template or "",
             fingerprint=fingerprint_hf_tokenizer(self.tokenizer),
         )
-        log.info("target %s on %s (%s)", self.info.name, self.device, self.dtype)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        layers = int(text.num_hidden_layers)
+        kv_heads = int(getattr(text, "num_key_value_heads", None) or text.num_attention_heads)
+        head_dim = int(getattr(text, "head_dim", None)
+                       or text.hidden_size // text.num_attention_heads)
+        self.bytes_per_token = 2 * layers * kv_heads * head_dim * self.dtype.itemsize
+        tokens = self._budget_tokens(kv_budget_tokens, kv_budget_bytes)
+        num_blocks = max(2, tokens // block_size + 1)  # + the pad block
+        self.blocks = BlockManager(num_blocks, block_size)
+        slots = num_blocks * block_size
+        self.k_pool = torch.zeros(layers, slots, kv_heads, head_dim, dtype=self.dtype,
+                                  device=self.device)
+        self.v_pool = torch.zeros_like(self.k_pool)
+        log.info("target %s on %s (%s); KV pool %d tokens (%.0f MiB) in blocks of %d",
+                 self.info.name, self.device, self.dtype, slots - block_size,
+                 2 * self.k_pool.nbytes / 2**20, block_size)
 
-    def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.model.config)
+    def _budget_tokens(self, tokens: int, nbytes: int) -> int:
+        if tokens > 0:
+            return tokens
+        if nbytes > 0:
+            return nbytes // self.bytes_per_token
+        if self.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(self.device)
+            return int(free * AUTO_CUDA_FRACTION) // self.bytes_per_token
+        return AUTO_BUDGET_TOKENS
 
     @torch.inference_mode()
-    def prefill(self, cache: DynamicCache, tokens: list[int], chunk: int) -> None:
-        """Append ``tokens`` to the cache in chunks, so a long prompt never needs one huge pass."""
-        for start in range(0, len(tokens), chunk):
-            ids = torch.tensor([tokens[start : start + chunk]], device=self.device)
-            self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    def run(self, chunks: Sequence[Chunk]) -> torch.Tensor:
+        """One forward pass over every chunk; returns float32 logits [R, vocab], one row per
+        token of each chunk that asked for logits, in chunk order. The caller has grown each
+        chunk's block table to cover ``start + len(tokens)``."""
+        ids, positions, write, rows = [], [], [], []
+        offset = 0
+        for c in chunks:
+            n = len(c.tokens)
+            ids.extend(c.tokens)
+            positions.append(np.arange(c.start, c.start + n, dtype=np.int64))
+            write.append(self.blocks.slots(c.blocks, c.start, c.start + n))
+            if c.logits:
+                rows.append(np.arange(offset, offset + n, dtype=np.int64))
+            offset += n
+        step = PagedStep(self.k_pool, self.v_pool, self._to_device(np.concatenate(write)),
+                         self._groups(chunks))
+        out = self.model(
+            input_ids=torch.tensor([ids], device=self.device),
+            position_ids=self._to_device(np.concatenate(positions))[None],
+            logits_to_keep=self._to_device(np.concatenate(rows) if rows
+                                           else np.zeros(0, np.int64)),
+            use_cache=False,
+            paged=step,
+        )
+        return out.logits[0].float()  # [R, vocab]
 
-    @torch.inference_mode()
-    def greedy_picks(self, cache: DynamicCache, tokens: list[int]) -> list[int]:
-        """Run ``tokens`` after the cache; return the target's argmax after each of them."""
-        ids = torch.tensor([tokens], device=self.device)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
-        picks: list[int] = out.logits[0].argmax(dim=-1).tolist()  # (len(tokens),), one sync
-        return picks
+    def _groups(self, chunks: Sequence[Chunk]) -> list[_Group]:
+        lengths = [len(c.tokens) for c in chunks]
+        starts = np.cumsum([0, *lengths])
+        groups = []
+        for members in _group_by_length(lengths):
+            q = max(lengths[i] for i in members)
+            span = max(chunks[i].start + lengths[i] for i in members)
+            g = len(members)
+            query_index = np.zeros((g, q), np.int64)
+            read_slots = np.zeros((g, span), np.int64)
+            mask = np.zeros((g, 1, q, span), bool)
+            mask[:, 0, :, 0] = True  # pad queries see the pad key: no all-masked rows (NaN)
+            token_index, out_index = [], []
+            for row, i in enumerate(members):
+                c, n = chunks[i], lengths[i]
+                query_index[row, :n] = np.arange(starts[i], starts[i] + n)
+                end = c.start + n
+                read_slots[row, :end] = self.blocks.slots(c.blocks, 0, end)
+                # query j (position start + j) sees keys 0..start + j
+                mask[row, 0, :n, :end] = (np.arange(end)[None, :]
+                                          <= (c.start + np.arange(n))[:, None])
+                token_index.append(query_index[row, :n])
+                out_index.append(row * q + np.arange(n))
+            groups.append(_Group(
+                token_index=self._to_device(np.concatenate(token_index)),
+                query_index=self._to_device(query_index),
+                read_slots=self._to_device(read_slots),
+                mask=torch.from_numpy(mask).to(self.device),
+                out_index=self._to_device(np.concatenate(out_index)),
+            ))
+        return groups
 
-    @staticmethod
-    def cached_length(cache: DynamicCache) -> int:
-        return int(cache.get_seq_length())
-
-    @staticmethod
-    def truncate(cache: DynamicCache, length: int) -> None:
-        """Drop every cached position at or after ``length`` (rejected draft tokens)."""
-        surplus = int(cache.get_seq_length()) - length
-        if surplus > 0:
-            cache.crop(-surplus)  # transformers 5: a negative count of tokens to drop
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device, non_blocking=True)

@@ -1,13 +1,18 @@
-"""The ROUTER front end: poll, decode, hand to the engine, reply, expire idle sessions.
+"""The ROUTER front end: take every waiting request, run one engine step, reply, expire.
 
 Like zguide's ``mdbroker.py``: one socket, one loop, and a bad frame is logged and answered
-with a typed ERROR, never allowed to take the daemon down or touch another session.
+with a typed ERROR, never allowed to take the daemon down or touch another session. Drafts
+and OPENs are queued in the engine, so all the sessions waiting at a step are verified in one
+forward pass; everything else is answered as soon as it is read.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
+from pathlib import Path
 
 import zmq
 from edgespec.verify_daemon.engine import Engine
@@ -19,6 +24,8 @@ log = logging.getLogger(__name__)
 
 POLL_MS = 200
 EXPIRE_EVERY_S = 5.0
+STATS_EVERY_S = 1.0
+MAX_READ_PER_STEP = 4096  # requests read before the next step, so a flood cannot stall it
 
 
 class Server:
@@ -35,32 +42,50 @@ class Server:
         self.requests = 0
         self.errors = 0
 
-    def serve_forever(self, ready_message: bool = True) -> None:
+    def serve_forever(self, ready_message: bool = True, stats_file: str = "") -> None:
         if ready_message:
             # Tests and scripts wait for this exact line before connecting.
             print(f"verifyd ready on {self.endpoint}", flush=True)
-        next_expire = time.monotonic() + EXPIRE_EVERY_S
+        expire_every = min(EXPIRE_EVERY_S, self.engine.config.session_idle_s / 2)
+        next_expire = time.monotonic() + expire_every
+        next_stats = time.monotonic()
         try:
             while True:
-                if self.socket.poll(POLL_MS):
+                if self.socket.poll(0 if self.engine.has_work else POLL_MS):
                     self.serve_ready()
+                if self.engine.has_work:
+                    self.run_step()
                 now = time.monotonic()
                 if now >= next_expire:
                     dropped = self.engine.expire(now)
                     if dropped:
                         log.info("expired %d idle sessions", dropped)
-                    next_expire = now + EXPIRE_EVERY_S
+                    next_expire = now + expire_every
+                if stats_file and now >= next_stats:
+                    write_stats(stats_file, self.engine.stats())
+                    next_stats = now + STATS_EVERY_S
         finally:
+            if stats_file:
+                write_stats(stats_file, self.engine.stats())
             self.socket.close(0)
 
     def serve_ready(self) -> None:
-        """Answer every request already queued, oldest first."""
-        while True:
+        """Read every request already queued, oldest first (bounded per step)."""
+        for _ in range(MAX_READ_PER_STEP):
             try:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.serve_one(frames)
+
+    def run_step(self) -> None:
+        try:
+            replies = self.engine.step()
+        except Exception:  # a bug of ours: fail the waiting requests, keep serving
+            log.exception("internal error in a verification step")
+            replies = self.engine.fail_waiting("internal error in verifyd (see its log)")
+        for peer, session, seq, msg in replies:
+            self.socket.send_multipart([peer, *encode(msg, session, seq)])
 
     def serve_one(self, frames: list[bytes]) -> None:
         if len(frames) < 2:
@@ -70,11 +95,13 @@ class Server:
         envelope = None
         try:
             envelope = decode(body, self.limits)
-            reply = self.engine.handle(peer, envelope.session, envelope.msg)
+            reply = self.engine.submit(peer, envelope.session, envelope.seq, envelope.msg)
+            if reply is None:
+                return  # queued: the next step answers it
         except WireError as exc:
             self.errors += 1
             log.info("peer %s: %s: %s", peer.hex(), type(exc).__name__, exc)
-            reply = Error(exc.code, str(exc))
+            reply = Error(exc.code, str(exc), getattr(exc, "retry_after_ms", 0))
         except Exception:  # a bug of ours must not take every other user down
             self.errors += 1
             log.exception("internal error serving peer %s", peer.hex())
@@ -85,3 +112,10 @@ class Server:
             header = peek_header(body)
             session, seq = (header.session, header.seq) if header else (0, 0)
         self.socket.send_multipart([peer, *encode(reply, session, seq)])
+
+
+def write_stats(path: str, stats: dict[str, object]) -> None:
+    """Replace ``path`` atomically, so a reader never sees half a file."""
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(stats))
+    os.replace(tmp, path)

@@ -1,29 +1,44 @@
-"""One user's stream on the daemon: its verified tokens and the KV cache that mirrors them."""
+"""One user's stream on the daemon: its verified tokens, its KV blocks, its waiting request."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from edgespec.wire.codec import SamplingParams
 
 
 @dataclass(slots=True)
-class Session:
-    """Invariant between rounds: the cache holds KV for ``tokens[:-1]``.
+class Work:
+    """A request the scheduler still has to serve for one session (OPEN prefill or DRAFT)."""
 
-    The last verified token is not yet in the cache: the next round feeds it first, followed
-    by the draft, so one forward pass scores every draft position.
+    kind: str  # "open" | "draft"
+    seq: int  # the request id the reply must echo
+    arrived_step: int
+    arrived_at: float
+    draft: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Session:
+    """Invariant between rounds: the KV pool holds ``tokens[:cached]`` and, once the session is
+    open, ``cached == len(tokens) - 1``.
+
+    The last verified token is not yet cached: the next round feeds it first, followed by the
+    draft, so one forward pass scores every draft position. While an OPEN is being prefilled
+    (in chunks), ``cached`` is smaller.
     """
 
     sid: int
     peer: bytes
     tokens: list[int]
-    cache: Any
     sampling: SamplingParams
     max_new_tokens: int
     prompt_length: int
     last_active: float
+    blocks: list[int] = field(default_factory=list)  # block table, owned by the BlockManager
+    cached: int = 0
+    pending: Work | None = None
+    admitted_step: int = 0
     rounds: int = 0
     drafted: int = 0
     accepted: int = 0
@@ -32,3 +47,13 @@ class Session:
     @property
     def length(self) -> int:
         return len(self.tokens)
+
+    @property
+    def to_prefill(self) -> int:
+        """Tokens still to run before the session can verify drafts."""
+        return len(self.tokens) - 1 - self.cached
+
+    @property
+    def idle(self) -> bool:
+        """No request waiting: the client is drafting (or gone); evictable under pressure."""
+        return self.pending is None

@@ -26,6 +26,7 @@ from edgespec.wire.protocol import FINGERPRINT_BYTES, HEADER, MAGIC, VERSION, Li
 TokenArray = npt.NDArray[np.int32]
 _I32 = np.dtype("<i4")
 DEFAULT_LIMITS = Limits()
+MAX_RETRY_AFTER_MS = 600_000  # a busy daemon never asks for more than ten minutes
 
 
 # ---------------------------------------------------------------- frame helpers
@@ -274,26 +275,31 @@ class Closed:
 
 @dataclass(frozen=True, slots=True)
 class Error:
-    """Either side → peer: a code the program acts on and a message a person reads."""
+    """Either side → peer: a code the program acts on and a message a person reads;
+    ``retry_after_ms`` (0: none) is the daemon's hint on an OVERLOADED reply."""
 
     TYPE: ClassVar[MsgType] = MsgType.ERROR
-    _FMT: ClassVar[struct.Struct] = struct.Struct("<H")
+    _FMT: ClassVar[struct.Struct] = struct.Struct("<HI")
     code: ErrorCode
     message: str
+    retry_after_ms: int = 0
 
     def body(self) -> list[bytes]:
-        return [self._FMT.pack(int(self.code)), self.message.encode()[:4096]]
+        fixed = self._FMT.pack(int(self.code), min(self.retry_after_ms, MAX_RETRY_AFTER_MS))
+        return [fixed, self.message.encode()[:4096]]
 
     @classmethod
     def parse(cls, frames: list[bytes], limits: Limits) -> Error:
         _check_frames(frames, 2, "ERROR")
-        (code,) = _unpack(cls._FMT, frames[0], "ERROR")
+        code, retry_after_ms = _unpack(cls._FMT, frames[0], "ERROR")
         try:
             typed = ErrorCode(code)
         except ValueError as exc:
             raise MalformedFrame(f"ERROR: unknown code {code}") from exc
+        if retry_after_ms > MAX_RETRY_AFTER_MS:
+            raise MalformedFrame(f"ERROR: retry-after of {retry_after_ms} ms out of range")
         text = _text_from_frame(frames[1], 4096, "ERROR message")
-        return cls(typed, text)
+        return cls(typed, text, retry_after_ms)
 
 
 @dataclass(frozen=True, slots=True)

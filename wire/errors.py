@@ -41,7 +41,13 @@ class FrameTooLarge(WireError):
 
 
 class Overloaded(WireError):
+    """The server is full; ``retry_after_ms`` (0: no hint) says when asking again makes sense."""
+
     code = ErrorCode.OVERLOADED
+
+    def __init__(self, message: str = "", retry_after_ms: int = 0):
+        super().__init__(message)
+        self.retry_after_ms = retry_after_ms
 
 
 class UnknownSession(WireError):
@@ -76,9 +82,9 @@ class Unsupported(WireError):
 _BY_CODE: dict[ErrorCode, type[WireError]] = {cls.code: cls for cls in WireError.__subclasses__()}
 
 
-def error_for_code(code: ErrorCode, message: str) -> WireError:
+def error_for_code(code: ErrorCode, message: str, retry_after_ms: int = 0) -> WireError:
     """Rebuild the typed error a peer reported, so the client can react by type."""
     cls = _BY_CODE.get(code, WireError)
-    err = cls(message)
+    err = Overloaded(message, retry_after_ms) if cls is Overloaded else cls(message)
     err.code = code
     return err

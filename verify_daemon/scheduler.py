@@ -1,0 +1,163 @@
+"""Which sessions run in the next step: admission, a per-step token budget, LRU eviction.
+
+Each step takes waiting drafts first, oldest request first, then prefill chunks of waiting
+OPENs with what is left of the budget (a quarter of it is kept for prefill whenever one
+waits, so new users are not starved by busy ones, and a long prompt is cut into chunks so it
+cannot starve the drafts). A draft that does not fit waits at the head of the queue for the
+next step, so no request waits more than about ``sessions × (max_draft + 1) / budget`` steps.
+
+Memory: a chunk's blocks are allocated when it is scheduled. When the pool is short, the
+least recently active *idle* session (no request waiting: its client is drafting, reading or
+gone) is evicted; its client gets ``UNKNOWN_SESSION`` next time and re-opens with its full
+history. If nothing at all fits, the newest waiting session is preempted the same way.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from edgespec.verify_daemon.block_manager import BlockManager
+from edgespec.verify_daemon.session import Session, Work
+from edgespec.wire.errors import LimitExceeded, Overloaded
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One session's share of a step: ``tokens`` fed at positions ``start..``."""
+
+    session: Session
+    start: int
+    tokens: list[int]
+    logits: bool  # a draft round: score every position
+
+    @property
+    def blocks(self) -> list[int]:
+        return self.session.blocks
+
+
+@dataclass(slots=True)
+class Batch:
+    chunks: list[Chunk] = field(default_factory=list)
+    preempted: list[tuple[Session, Work]] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(c.tokens) for c in self.chunks)
+
+
+class Scheduler:
+    """Owns the sessions, the waiting queue and the block tables' growth."""
+
+    def __init__(self, blocks: BlockManager, max_sessions: int, step_tokens: int,
+                 prefill_chunk: int, max_draft_tokens: int, retry_after_ms: int):
+        self.blocks = blocks
+        self.max_sessions = max_sessions
+        self.step_tokens = step_tokens
+        self.prefill_chunk = prefill_chunk
+        self.max_draft_tokens = max_draft_tokens
+        self.retry_after_ms = retry_after_ms
+        self.sessions: OrderedDict[int, Session] = OrderedDict()  # least recently active first
+        self.waiting: OrderedDict[int, None] = OrderedDict()  # sids with work, oldest first
+        self.step_no = 0
+        self.evictions = 0
+        self.preemptions = 0
+        self.max_wait_steps = 0
+
+    # ------------------------------------------------------------ admission
+
+    def admit(self, prompt_length: int) -> None:
+        """Refuse a newcomer: ``Overloaded`` (retry later) or ``LimitExceeded`` (never fits)."""
+        if len(self.sessions) >= self.max_sessions:
+            raise Overloaded(f"server full: {len(self.sessions)} sessions; retry later",
+                             retry_after_ms=self.retry_after_ms)
+        need = self.blocks.blocks_for(prompt_length + self.max_draft_tokens)
+        if need > self.blocks.capacity:
+            raise LimitExceeded(f"{prompt_length} tokens do not fit the KV budget of "
+                                f"{self.blocks.capacity * self.blocks.block_size} tokens")
+        reclaimable = self.blocks.free + sum(len(s.blocks) for s in self.sessions.values()
+                                             if s.idle)
+        if need > reclaimable:
+            raise Overloaded("KV memory full; retry later", retry_after_ms=self.retry_after_ms)
+
+    def add(self, session: Session) -> None:
+        session.admitted_step = self.step_no
+        self.sessions[session.sid] = session
+
+    def remove(self, sid: int) -> Session | None:
+        """Forget a session and free its blocks (close, expiry, eviction)."""
+        session = self.sessions.pop(sid, None)
+        if session is not None:
+            self.blocks.release(session.blocks)
+            self.waiting.pop(sid, None)
+        return session
+
+    def touch(self, session: Session, now: float) -> None:
+        session.last_active = now
+        self.sessions.move_to_end(session.sid)
+
+    def submit(self, session: Session, work: Work) -> None:
+        session.pending = work
+        self.waiting[session.sid] = None
+
+    def done(self, session: Session) -> None:
+        """The session's request was answered."""
+        work = session.pending
+        if work is not None:
+            self.max_wait_steps = max(self.max_wait_steps, self.step_no - work.arrived_step)
+        session.pending = None
+        self.waiting.pop(session.sid, None)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting)
+
+    # ------------------------------------------------------------ one step
+
+    def schedule(self) -> Batch:
+        self.step_no += 1
+        batch = Batch()
+        queue = [self.sessions[sid] for sid in self.waiting]
+        prefills = [s for s in queue if s.pending is not None and s.pending.kind == "open"]
+        budget = self.step_tokens
+        reserve = min(budget // 4, sum(s.to_prefill for s in prefills))
+        for s in queue:
+            work = s.pending
+            if work is None or work.kind != "draft":
+                continue
+            n = len(work.draft) + 1
+            if batch.chunks and n > budget - reserve:
+                break  # strict FIFO: later drafts wait behind this one
+            if not self._make_room(s, s.cached + n):
+                break
+            batch.chunks.append(Chunk(s, s.cached, [s.tokens[-1], *work.draft], True))
+            budget -= n
+        for s in prefills:
+            n = min(s.to_prefill, self.prefill_chunk, budget)
+            if n <= 0:
+                break
+            if not self._make_room(s, s.cached + n):
+                break
+            batch.chunks.append(Chunk(s, s.cached, s.tokens[s.cached:s.cached + n], False))
+            budget -= n
+        if not batch.chunks and queue:
+            victim = max(queue, key=lambda s: (s.admitted_step, s.pending.arrived_at
+                                               if s.pending else 0.0))
+            work = victim.pending
+            self.remove(victim.sid)
+            self.preemptions += 1
+            if work is not None:
+                batch.preempted.append((victim, work))
+        return batch
+
+    def _make_room(self, session: Session, length: int) -> bool:
+        """Grow ``session``'s table to ``length`` tokens, evicting idle sessions if needed."""
+        while not self.blocks.can_grow(session.blocks, length):
+            victim = next((s for s in self.sessions.values() if s.idle and s is not session),
+                          None)
+            if victim is None:
+                return False
+            self.remove(victim.sid)
+            self.evictions += 1
+        self.blocks.grow(session.blocks, length)
+        return True
