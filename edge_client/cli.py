@@ -152,7 +152,7 @@ def _answer_prompt(client: Any, item: dict[str, Any], raw: bool, draft_tokens: i
     stats = GenerationStats()
     sid = new_session_id()
     for _ in client.generate(sid, tokens, limit, stats, policy=client.new_policy(k),
-                             trace=trace):
+                             on_wait=lambda note: click.echo(note, err=True), trace=trace):
         pass
     client.end_session(sid)
     generated = tokens[len(prompt_ids):]

@@ -137,16 +137,19 @@ def _send_open(link: Link, session_id: int, tokens: list[int], max_new: int,
 
 def _await_open(link: Link, seq: int, session_id: int, tokens: list[int], max_new: int,
                 stats: GenerationStats, on_wait: Callable[[str], None] | None) -> None:
-    """Wait for OPENED; when the server is full, back off with jitter and ask again."""
+    """Wait for OPENED; when the server is full, wait as long as it asks (else back off
+    exponentially), with jitter so that refused clients do not come back all at once."""
     t0 = time.perf_counter()
     delay = BACKOFF_S[0]
     while True:
         try:
             reply = link.wait(seq)
         except Overloaded as exc:
+            hint = exc.retry_after_ms / 1000.0
+            wait = (hint or delay) * (0.75 + 0.5 * random.random())
             if on_wait is not None:
-                on_wait(f"server busy ({exc}); retrying in {delay:.1f} s")
-            time.sleep(delay * (0.5 + random.random()))
+                on_wait(f"server busy, retrying in {wait:.1f} s ({exc})")
+            time.sleep(wait)
             delay = min(delay * 2, BACKOFF_S[1])
             seq = link.send(Open(list(tokens), max_new), session_id)
             continue

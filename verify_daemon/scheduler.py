@@ -104,7 +104,8 @@ class Scheduler:
         """The session's request was answered."""
         work = session.pending
         if work is not None:
-            self.max_wait_steps = max(self.max_wait_steps, self.step_no - work.arrived_step)
+            skipped = self.step_no - work.arrived_step - 1  # steps that ran without it
+            self.max_wait_steps = max(self.max_wait_steps, skipped)
         session.pending = None
         self.waiting.pop(session.sid, None)
 

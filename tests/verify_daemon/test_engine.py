@@ -1,14 +1,11 @@
-"""Engine bookkeeping with a scripted target: next token = (previous + 1) % vocab."""
+"""Engine bookkeeping with a scripted target that reads its context through the KV blocks."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from edgespec.verify_daemon.config import DaemonConfig
-from edgespec.verify_daemon.engine import Engine
-from edgespec.verify_daemon.model_runner import TargetInfo
-from edgespec.wire.codec import Draft, Hello, Open, Opened, Verdict, Welcome
+from edgespec.wire.codec import Close, Closed, Draft, Error, Hello, Open, Opened, Verdict, Welcome
 from edgespec.wire.errors import (
+    ErrorCode,
     InvalidToken,
     LimitExceeded,
     ModelMismatch,
@@ -17,42 +14,7 @@ from edgespec.wire.errors import (
     UnknownSession,
 )
 
-VOCAB = 100
-FP = b"f" * 32
-
-
-class ScriptedRunner:
-    """Caches are token lists; the 'model' predicts previous + 1."""
-
-    def __init__(self) -> None:
-        self.info = TargetInfo("scripted", VOCAB, 64, (0,), "", FP)
-        self.prefilled = 0
-
-    def new_cache(self) -> list[int]:
-        return []
-
-    def prefill(self, cache: list[int], tokens: list[int], chunk: int) -> None:
-        self.prefilled += len(tokens)
-        cache.extend(tokens)
-
-    def greedy_picks(self, cache: list[int], tokens: list[int]) -> list[int]:
-        cache.extend(tokens)
-        return [(t + 1) % VOCAB for t in tokens]
-
-    @staticmethod
-    def truncate(cache: list[int], length: int) -> None:
-        del cache[length:]
-
-
-def make_engine(**overrides: int) -> tuple[Engine, ScriptedRunner]:
-    runner = ScriptedRunner()
-    config = DaemonConfig(target="x", max_sessions=overrides.get("max_sessions", 4),
-                          max_draft_tokens=8)
-    return Engine(runner, config), runner
-
-
-def tokens(*ids: int) -> np.ndarray:
-    return np.array(ids, dtype=np.int32)
+from .scripted import FP, VOCAB, make_engine, serve, target_greedy, target_next, tokens
 
 
 def test_hello_checks_the_fingerprint():
@@ -62,72 +24,148 @@ def test_hello_checks_the_fingerprint():
         engine.hello(Hello(b"x" * 32))
 
 
-def test_round_accepts_prefix_and_keeps_cache_in_step():
-    engine, _ = make_engine()
-    assert engine.open(b"p", 1, Open(tokens(5, 6, 7), 10)) == Opened(3)
-    verdict = engine.verify(b"p", 1, Draft(3, tokens(8, 9, 42)))
-    assert verdict == Verdict(2, 10, 6, verdict.verify_us)
+def test_round_accepts_prefix_and_rolls_back_the_rest():
+    engine, runner = make_engine()
+    prompt = [5, 6, 7, 8, 9]
+    assert serve(engine, b"p", 1, Open(tokens(*prompt), 10)) == Opened(5)
+    right = target_greedy(prompt, 3)
+    draft = [*right[:2], (right[2] + 1) % VOCAB, 1, 2]
+    verdict = serve(engine, b"p", 1, Draft(5, tokens(*draft)), seq=2)
+    assert isinstance(verdict, Verdict)
+    assert (verdict.accepted, verdict.next_token, verdict.new_length) == (2, right[2], 8)
     session = engine.sessions[1]
-    assert session.tokens == [5, 6, 7, 8, 9, 10]
-    assert session.cache == [5, 6, 7, 8, 9]  # everything but the last verified token
+    assert session.tokens == prompt + right
+    assert session.cached == 7
+    assert runner.cached_tokens(session.blocks, 7) == session.tokens[:-1]
+    assert len(session.blocks) == engine.blocks.blocks_for(7)  # rejected blocks returned
+
+
+def test_full_accept_gives_a_bonus_token_and_empty_draft_one_token():
+    engine, _ = make_engine()
+    serve(engine, b"p", 1, Open(tokens(1, 2, 3), 10))
+    right = target_greedy([1, 2, 3], 4)
+    verdict = serve(engine, b"p", 1, Draft(3, tokens(*right[:3])), seq=2)
+    assert (verdict.accepted, verdict.next_token) == (3, right[3])
+    verdict = serve(engine, b"p", 1, Draft(7, tokens()), seq=3)
+    assert (verdict.accepted, verdict.next_token) == (0, target_next([1, 2, 3, *right]))
 
 
 def test_draft_on_a_stale_position_is_out_of_sync():
     engine, _ = make_engine()
-    engine.open(b"p", 1, Open(tokens(5, 6), 10))
+    serve(engine, b"p", 1, Open(tokens(5, 6), 10))
     with pytest.raises(OutOfSync):
-        engine.verify(b"p", 1, Draft(5, tokens(7)))
+        engine.submit(b"p", 1, 2, Draft(5, tokens(7)))
     assert engine.sessions[1].tokens == [5, 6]  # nothing changed
+    assert engine.submit(b"p", 1, 3, Draft(2, tokens(7))) is None
+    with pytest.raises(OutOfSync):  # the first one is still being served
+        engine.submit(b"p", 1, 4, Draft(2, tokens(7)))
 
 
 def test_unknown_or_foreign_session():
     engine, _ = make_engine()
-    engine.open(b"p", 1, Open(tokens(5), 10))
+    serve(engine, b"p", 1, Open(tokens(5), 10))
     with pytest.raises(UnknownSession):
-        engine.verify(b"p", 2, Draft(1, tokens()))
+        engine.submit(b"p", 2, 1, Draft(1, tokens()))
     with pytest.raises(UnknownSession):
-        engine.verify(b"intruder", 1, Draft(1, tokens()))
+        engine.submit(b"intruder", 1, 1, Draft(1, tokens()))
 
 
-def test_server_full_is_overloaded_and_reopen_still_works():
-    engine, _ = make_engine(max_sessions=1)
-    engine.open(b"p", 1, Open(tokens(5), 10))
-    with pytest.raises(Overloaded):
-        engine.open(b"q", 2, Open(tokens(5), 10))
-    assert engine.open(b"p", 1, Open(tokens(5, 6), 10)) == Opened(2)
+def test_server_full_is_busy_with_a_retry_hint_and_reopen_still_works():
+    engine, _ = make_engine(max_sessions=1, retry_after_ms=1500)
+    serve(engine, b"p", 1, Open(tokens(5), 10))
+    with pytest.raises(Overloaded) as busy:
+        engine.submit(b"q", 2, 1, Open(tokens(5), 10))
+    assert busy.value.retry_after_ms == 1500
+    assert serve(engine, b"p", 1, Open(tokens(5, 6), 10)) == Opened(2)
+    assert serve(engine, b"p", 1, Close()) == Closed()
+    assert serve(engine, b"q", 2, Open(tokens(5), 10)) == Opened(1)  # room again
 
 
 def test_reopen_reuses_the_common_prefix():
     engine, runner = make_engine()
-    engine.open(b"p", 1, Open(tokens(1, 2, 3, 4, 5), 10))
-    before = runner.prefilled
-    engine.open(b"p", 1, Open(tokens(1, 2, 3, 9, 9, 9), 10))
-    assert runner.prefilled - before == 2  # only [9, 9] after the shared [1, 2, 3]
-    assert engine.sessions[1].cache == [1, 2, 3, 9, 9]
+    serve(engine, b"p", 1, Open(tokens(1, 2, 3, 4, 5), 10))
+    before = runner.fed
+    serve(engine, b"p", 1, Open(tokens(1, 2, 3, 9, 9, 9), 10), seq=2)
+    assert runner.fed - before == 2  # only [9, 9] after the shared [1, 2, 3]
+    session = engine.sessions[1]
+    assert runner.cached_tokens(session.blocks, session.cached) == [1, 2, 3, 9, 9]
+
+
+def test_long_prompt_is_prefilled_in_chunks():
+    engine, runner = make_engine(prefill_chunk=16)
+    prompt = [(i * 7) % VOCAB for i in range(70)]
+    assert serve(engine, b"p", 1, Open(tokens(*prompt), 10)) == Opened(70)
+    assert [s for s in runner.steps] == [[16], [16], [16], [16], [5]]
+    verdict = serve(engine, b"p", 1, Draft(70, tokens()), seq=2)
+    assert verdict.next_token == target_next(prompt)
 
 
 def test_out_of_vocabulary_tokens_are_refused_without_side_effects():
     engine, _ = make_engine()
     with pytest.raises(InvalidToken):
-        engine.open(b"p", 1, Open(tokens(1, VOCAB), 10))
+        engine.submit(b"p", 1, 1, Open(tokens(1, VOCAB), 10))
     assert not engine.sessions
-    engine.open(b"p", 1, Open(tokens(1), 10))
+    serve(engine, b"p", 1, Open(tokens(1), 10))
     with pytest.raises(InvalidToken):
-        engine.verify(b"p", 1, Draft(1, tokens(VOCAB + 3)))
+        engine.submit(b"p", 1, 2, Draft(1, tokens(VOCAB + 3)))
     assert engine.sessions[1].tokens == [1]
 
 
-def test_draft_longer_than_allowed_or_past_context():
-    engine, _ = make_engine()
-    engine.open(b"p", 1, Open(tokens(1), 10))
+def test_draft_longer_than_allowed_or_past_the_kv_budget():
+    engine, _ = make_engine(num_blocks=9, block_size=4)  # 32 usable tokens
+    serve(engine, b"p", 1, Open(tokens(1), 10))
     with pytest.raises(LimitExceeded):
-        engine.verify(b"p", 1, Draft(1, tokens(*range(9))))
+        engine.submit(b"p", 1, 2, Draft(1, tokens(*range(9))))
     with pytest.raises(LimitExceeded):
-        engine.open(b"p", 2, Open(tokens(*([1] * 64)), 10))
+        engine.submit(b"p", 2, 1, Open(tokens(*([1] * 40)), 10))
 
 
-def test_idle_sessions_expire():
+def test_idle_sessions_expire_and_free_their_blocks():
     engine, _ = make_engine()
-    engine.open(b"p", 1, Open(tokens(1), 10))
+    serve(engine, b"p", 1, Open(tokens(*range(1, 30)), 10))
+    assert engine.blocks.used > 0
     assert engine.expire(engine.sessions[1].last_active + 10_000) == 1
-    assert not engine.sessions
+    assert not engine.sessions and engine.blocks.used == 0
+
+
+def test_lru_idle_session_is_evicted_and_reopens_with_identical_output():
+    # 12 usable blocks of 4 tokens: room for one 30-token session plus a draft, not two.
+    engine, _ = make_engine(num_blocks=13, block_size=4, max_draft_tokens=4, step_tokens=64)
+    a = [(3 * i) % VOCAB for i in range(30)]
+    b = [(5 * i + 1) % VOCAB for i in range(30)]
+    serve(engine, b"a", 1, Open(tokens(*a), 10))
+    serve(engine, b"b", 2, Open(tokens(*b), 10))  # needs a's blocks: a is idle, evicted
+    assert 1 not in engine.sessions and engine.scheduler.evictions == 1
+    with pytest.raises(UnknownSession):
+        engine.submit(b"a", 1, 2, Draft(30, tokens()))
+    # the client re-opens with its full history and carries on
+    assert serve(engine, b"a", 1, Open(tokens(*a), 10), seq=3) == Opened(30)
+    history = list(a)
+    for seq in range(4, 8):
+        draft = target_greedy(history, 2)
+        verdict = serve(engine, b"a", 1, Draft(len(history), tokens(*draft)), seq=seq)
+        history += draft[:verdict.accepted] + [verdict.next_token]
+    assert history[30:] == target_greedy(a, len(history) - 30)
+
+
+def test_preempted_open_is_told_busy_when_nothing_fits():
+    # Two 30-token prompts prefilled 8 tokens a step fill the 12 blocks before either ends.
+    engine, _ = make_engine(num_blocks=13, block_size=4, max_draft_tokens=4, step_tokens=64,
+                            prefill_chunk=8)
+    a = [1] * 30
+    assert engine.submit(b"a", 1, 1, Open(tokens(*a), 10)) is None
+    assert engine.submit(b"b", 2, 1, Open(tokens(*a), 10)) is None  # both admitted at once
+    replies = {sid: msg for _p, sid, _q, msg in _drain(engine)}
+    assert replies[1] == Opened(30)
+    assert isinstance(replies[2], Error) and replies[2].code == ErrorCode.OVERLOADED
+    assert replies[2].retry_after_ms > 0
+    assert 2 not in engine.sessions and engine.scheduler.preemptions == 1
+
+
+def _drain(engine):
+    out = []
+    for _ in range(50):
+        out += engine.step()
+        if not engine.has_work:
+            return out
+    raise AssertionError("work left after 50 steps")
