@@ -6,8 +6,12 @@ concurrent sessions of realistic load. Verification is greedy and deterministic,
 verdict must match the recording; a mismatch ("diverged") means the daemon changed its
 answer, and the rest of that session no longer applies.
 
-    tools/replay run TRACE... --server tcp://HOST:5557 [--sessions 8] [--pace recorded|fast]
+    tools/replay run TRACE... --server tcp://HOST:5557 [--sessions 8] [--concurrency N]
+                 [--pace recorded|fast] [--target-only] [--json]
     tools/replay summary TRACE... [--json]
+
+A busy daemon's retry-after is honoured on OPEN, and a session the daemon evicted is re-opened
+with its full history, as the real client does; both are counted, neither is an error.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import click
 from edgespec.edge_client.trace import TraceError, read_trace
 from edgespec.edge_client.transport import Link, expect, new_session_id
 from edgespec.wire.codec import Close, Draft, Open, Opened, Verdict
-from edgespec.wire.errors import WireError
+from edgespec.wire.errors import Overloaded, UnknownSession, WireError
 from rich.console import Console
 from rich.table import Table
 
@@ -43,6 +47,8 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
     diverged_rounds: int = 0
     diverged_sessions: int = 0
+    busy_retries: int = 0
+    reopens: int = 0
 
     def add_round(self, drafted: int, accepted: int, latency_ms: float) -> None:
         self.rounds += 1
@@ -59,6 +65,8 @@ class Tally:
         self.errors.update(other.errors)
         self.diverged_rounds += other.diverged_rounds
         self.diverged_sessions += other.diverged_sessions
+        self.busy_retries += other.busy_retries
+        self.reopens += other.reopens
 
 
 def load_sessions(paths: tuple[str, ...]) -> list[list[Record]]:
@@ -73,6 +81,20 @@ def load_sessions(paths: tuple[str, ...]) -> list[list[Record]]:
             if record.get("kind") in ("open", "round"):
                 sessions.setdefault((path, record["session"]), []).append(record)
     return [records for records in sessions.values() if records[0]["kind"] == "open"]
+
+
+def as_target_only(records: list[Record]) -> list[Record]:
+    """The same session decoded by the target alone: every verified token becomes its own
+    round with an empty draft (draft length 0), at the recorded round's time."""
+    out: list[Record] = []
+    for record in records:
+        if record["kind"] != "round":
+            out.append(record)
+            continue
+        produced = [*record["draft"][:record["accepted"]], record["next_token"]]
+        out += [{**record, "base_length": record["base_length"] + i, "draft": [],
+                 "accepted": 0, "next_token": token} for i, token in enumerate(produced)]
+    return out
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -99,6 +121,8 @@ def summarize(tally: Tally, wall_s: float) -> dict[str, Any]:
         "errors": dict(tally.errors),
         "diverged_rounds": tally.diverged_rounds,
         "diverged_sessions": tally.diverged_sessions,
+        "busy_retries": tally.busy_retries,
+        "reopens": tally.reopens,
     }
 
 
@@ -133,6 +157,8 @@ class Replayer:
         self.endpoint = endpoint
         self.session_id = new_session_id()  # fresh, so copies never collide
         self.tally = Tally(sessions=1)
+        self.history: list[int] = []
+        self.max_new = 0
 
     def run(self) -> Tally:
         link = Link(self.endpoint, timeout_s=self.timeout_s)
@@ -159,20 +185,37 @@ class Replayer:
             return False
 
     def open(self, link: Link, record: Record) -> bool:
-        expect(link.request(Open(record["tokens"], record["max_new_tokens"]), self.session_id),
-               Opened)
-        return True
+        self.history = list(record["tokens"])
+        self.max_new = record["max_new_tokens"]
+        return self._open(link)
+
+    def _open(self, link: Link) -> bool:
+        """OPEN (or re-open) at ``history``; wait as long as a busy daemon asks."""
+        while True:
+            try:
+                expect(link.request(Open(self.history, self.max_new), self.session_id), Opened)
+                return True
+            except Overloaded as exc:
+                self.tally.busy_retries += 1
+                time.sleep(max(exc.retry_after_ms, 50) / 1000.0)
 
     def round(self, link: Link, record: Record) -> bool:
         sent_at = time.perf_counter()
-        reply = expect(link.request(Draft(record["base_length"], record["draft"]),
-                                    self.session_id), Verdict)
+        try:
+            reply = link.request(Draft(record["base_length"], record["draft"]), self.session_id)
+        except UnknownSession:  # evicted: re-open with the full history, then retry the round
+            self.tally.reopens += 1
+            self._open(link)
+            sent_at = time.perf_counter()
+            reply = link.request(Draft(record["base_length"], record["draft"]), self.session_id)
+        verdict = expect(reply, Verdict)
         latency_ms = (time.perf_counter() - sent_at) * 1000.0
-        self.tally.add_round(len(record["draft"]), reply.accepted, latency_ms)
-        if (reply.accepted, reply.next_token) != (record["accepted"], record["next_token"]):
+        self.tally.add_round(len(record["draft"]), verdict.accepted, latency_ms)
+        if (verdict.accepted, verdict.next_token) != (record["accepted"], record["next_token"]):
             self.tally.diverged_rounds += 1
             self.tally.diverged_sessions += 1
             return False
+        self.history += [*record["draft"][:verdict.accepted], verdict.next_token]
         return True
 
     def close(self, link: Link) -> None:
@@ -183,12 +226,13 @@ class Replayer:
 
 
 def replay(endpoint: str, recorded: list[list[Record]], n: int, pace: str,
-           timeout_s: float) -> tuple[Tally, float]:
-    """N concurrent sessions, cycling through the recorded ones; return the tally and wall."""
+           timeout_s: float, concurrency: int | None = None) -> tuple[Tally, float]:
+    """N sessions cycling through the recorded ones, ``concurrency`` at a time (default: all
+    at once; 1: one after another); return the tally and the wall time."""
     replayers = [Replayer(endpoint, recorded[i % len(recorded)], pace, timeout_s)
                  for i in range(n)]
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=n) as pool:
+    with ThreadPoolExecutor(max_workers=concurrency or n) as pool:
         results = list(pool.map(Replayer.run, replayers))
     wall = time.perf_counter() - start
     total = Tally()
@@ -226,16 +270,22 @@ def main() -> None:
 @click.option("--pace", type=click.Choice(["recorded", "fast"]), default="recorded",
               show_default=True,
               help="recorded: keep the recorded spacing of sends; fast: send on each verdict.")
+@click.option("--concurrency", type=click.IntRange(1, 4096), default=None,
+              help="Sessions in flight at once [default: all; 1 = one after another].")
+@click.option("--target-only", is_flag=True,
+              help="Replay the recorded answers with draft length 0 (one token per round).")
 @click.option("--timeout", type=float, default=120.0, show_default=True,
               help="Seconds to wait for each reply.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object as the last stdout line.")
-def run(traces: tuple[str, ...], server: str, n: int | None, pace: str, timeout: float,
-        as_json: bool) -> None:
+def run(traces: tuple[str, ...], server: str, n: int | None, concurrency: int | None,
+        pace: str, target_only: bool, timeout: float, as_json: bool) -> None:
     """Drive a running daemon with the recorded sessions and check its verdicts."""
     recorded = load_sessions(traces)
     if not recorded:
         raise click.ClickException("no recorded sessions in the traces")
-    tally, wall = replay(server, recorded, n or len(recorded), pace, timeout)
+    if target_only:
+        recorded = [as_target_only(records) for records in recorded]
+    tally, wall = replay(server, recorded, n or len(recorded), pace, timeout, concurrency)
     emit(f"replay against {server} ({pace})", summarize(tally, wall), as_json)
 
 
