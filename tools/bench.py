@@ -2,6 +2,7 @@
 length 0, and edgespec, on the same prompts in one run, with token ids checked identical.
 
     tools/bench [--pairs default,hard] [--sets chat,humaneval] [--json] [--plot FILE]
+    tools/bench batching --sessions 1,4,16,64 [--json]      (see bench_batching.py)
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 import click
 from edgespec.edge_client.draft_length import expected_tokens
+from edgespec.tools.bench_batching import batching
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -176,7 +178,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-@click.command(context_settings={"show_default": True})
+@click.group(invoke_without_command=True, context_settings={"show_default": True})
 @click.option("--pairs", default="default,hard", help="Draft/target pairs: default, hard.")
 @click.option("--sets", "sets_", default="chat,humaneval", help="Prompt sets.")
 @click.option("--prompts", "n", type=int, default=6, help="Prompts per set.")
@@ -189,9 +191,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
 @click.option("--pipeline/--no-pipeline", default=True, help="Draft while verifying.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON line.")
 @click.option("--plot", "plot_path", type=click.Path(), default="bench-out/bench.png")
-def main(pairs: str, sets_: str, n: int, max_tokens: int, draft_tokens: int, threads: int,
-         split_threads: int, pipeline: bool, as_json: bool, plot_path: str) -> None:
-    """Measure edgespec against the target alone, side by side."""
+@click.pass_context
+def main(ctx: click.Context, pairs: str, sets_: str, n: int, max_tokens: int,
+         draft_tokens: int, threads: int, split_threads: int, pipeline: bool, as_json: bool,
+         plot_path: str) -> None:
+    """Measure edgespec against the target alone, side by side (``batching``: many users)."""
+    if ctx.invoked_subcommand is not None:
+        return
     console = Console(stderr=True, width=160)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
@@ -206,6 +212,8 @@ def main(pairs: str, sets_: str, n: int, max_tokens: int, draft_tokens: int, thr
     if not all(r["identical_token_ids"] for s in results.values() for r in s.values()):
         sys.exit("token ids differ from the target alone")
 
+
+main.add_command(batching)
 
 if __name__ == "__main__":
     main()

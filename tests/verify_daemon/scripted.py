@@ -64,7 +64,7 @@ def make_engine(num_blocks: int = 64, block_size: int = 4, **config: int) -> tup
     runner = ScriptedRunner(num_blocks, block_size)
     settings: dict = {"max_sessions": 8, "max_draft_tokens": 8, "step_tokens": 64,
                       "prefill_chunk": 16, **config}
-    return Engine(runner, DaemonConfig(target="x", **settings)), runner  # type: ignore[arg-type]
+    return Engine(runner, DaemonConfig(target="x", **settings)), runner
 
 
 def tokens(*ids: int) -> np.ndarray:

@@ -144,7 +144,7 @@ def test_lru_idle_session_is_evicted_and_reopens_with_identical_output():
     for seq in range(4, 8):
         draft = target_greedy(history, 2)
         verdict = serve(engine, b"a", 1, Draft(len(history), tokens(*draft)), seq=seq)
-        history += draft[:verdict.accepted] + [verdict.next_token]
+        history += [*draft[:verdict.accepted], verdict.next_token]
     assert history[30:] == target_greedy(a, len(history) - 30)
 
 

@@ -3,6 +3,7 @@ waiting, and the KV budget held, while sessions are admitted, refused, evicted a
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass, field
 
@@ -54,6 +55,7 @@ class Client:
     retry_at: int = 0
     reopens: int = 0
     busy: int = 0
+    _last_draft: list[int] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -79,7 +81,7 @@ class Client:
         if isinstance(msg, Opened):
             self.opened = True
         elif isinstance(msg, Verdict):
-            self.history += list(self._last_draft[:msg.accepted]) + [msg.next_token]
+            self.history += [*self._last_draft[:msg.accepted], msg.next_token]
         elif isinstance(msg, Error) and msg.code == ErrorCode.UNKNOWN_SESSION:
             self.opened, self.reopens = False, self.reopens + 1
         elif isinstance(msg, Error) and msg.code == ErrorCode.OVERLOADED:
@@ -119,10 +121,8 @@ def test_random_load_is_exact_and_keeps_the_kv_budget():
                 assert runner.cached_tokens(s.blocks, s.cached) == s.tokens[:s.cached]
         for c in clients:
             if c.done and c.sid in engine.sessions and not c.waiting:
-                try:
+                with contextlib.suppress(WireError):
                     engine.submit(b"p%d" % c.sid, c.sid, c.seq + 1, Close())
-                except WireError:
-                    pass
         if all(c.done for c in clients):
             break
     assert all(c.done for c in clients)
