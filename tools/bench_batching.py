@@ -113,8 +113,10 @@ def run_batching(counts: list[int], traces: Path, threads: int, workdir: Path,
         raise click.ClickException(f"no sessions in {traces}")
     target = resolve_target(None, default_cache_dir())
     stats_path = workdir / "stats.json"
+    n_cap = 16
     daemon = start_daemon(target, workdir / "verifyd-batching.log", "--max-sessions",
-                          str(max(counts)), "--stats-file", str(stats_path), threads=threads)
+                          str(max(*counts, n_cap)), "--stats-file", str(stats_path),
+                          threads=threads)
     pid = daemon.process.pid
     results: dict[str, Any] = {}
     try:
@@ -138,7 +140,6 @@ def run_batching(counts: list[int], traces: Path, threads: int, workdir: Path,
                 "errors": {**batched["errors"], **serial["errors"]},
             }
             progress.advance(task)
-        n_cap = 16
         k0 = [as_target_only(records) for records in recorded]
         drafts = measure(partial(replay, daemon.endpoint, recorded, n_cap, "fast", 600.0),
                          stats_path, pid)
