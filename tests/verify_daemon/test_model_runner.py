@@ -18,11 +18,15 @@ class Piece:
     logits: bool
 
 
-@pytest.fixture(scope="module")
-def runner(target_dir):
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def runner(request, target_dir):
+    import torch
     from edgespec.verify_daemon.model_runner import ModelRunner
 
-    return ModelRunner(str(target_dir), threads=1, kv_budget_tokens=2048, block_size=16)
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return ModelRunner(str(target_dir), device=request.param, dtype="float32", threads=1,
+                       kv_budget_tokens=2048, block_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,7 @@ def test_ragged_batch_over_scattered_blocks_matches_the_plain_forward(runner, re
     with torch.inference_mode():
         for seq, c in zip(seqs, cached, strict=True):
             want = reference(torch.tensor([seq])).logits[0, c:]
-            got = logits[row:row + len(seq) - c]
+            got = logits[row:row + len(seq) - c].cpu()
             row += len(seq) - c
             assert torch.allclose(got, want, atol=1e-3, rtol=0)
             assert torch.equal(got.argmax(-1), want.argmax(-1))
