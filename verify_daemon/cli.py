@@ -31,6 +31,8 @@ from edgespec.verify_daemon.config import DaemonConfig
 @click.option("--step-tokens", type=int, default=1024,
               help="Most tokens, all sessions together, in one forward pass.")
 @click.option("--block-size", type=int, default=16, help="Tokens per KV block.")
+@click.option("--batch-window-ms", type=float, default=2.0,
+              help="How long a step waits for sessions about to send (0 = never).")
 @click.option("--session-idle", type=float, default=600.0,
               help="Seconds before an idle session (a vanished client) is freed.")
 @click.option("--stats-file", type=click.Path(dir_okay=False), default=None,
@@ -42,8 +44,8 @@ from edgespec.verify_daemon.config import DaemonConfig
 @click.option("-v", "--verbose", is_flag=True, help="Log every error reply.")
 def main(port: int, bind: str, target: str, device: str, dtype: str, threads: int,
          max_sessions: int, max_draft: int, max_context: int, kv_budget: str,
-         step_tokens: int, block_size: int, session_idle: float, stats_file: str | None,
-         cache_dir: str | None, prepare: bool, verbose: bool) -> None:
+         step_tokens: int, block_size: int, batch_window_ms: float, session_idle: float,
+         stats_file: str | None, cache_dir: str | None, prepare: bool, verbose: bool) -> None:
     """Verify edge clients' drafts with the full target model."""
     import signal
     from pathlib import Path
@@ -69,7 +71,8 @@ def main(port: int, bind: str, target: str, device: str, dtype: str, threads: in
             bind=bind, port=port, device=device, dtype=dtype, threads=threads,
             max_sessions=max_sessions, max_draft_tokens=max_draft, max_context=max_context,
             step_tokens=step_tokens, kv_budget_tokens=budget_tokens,
-            kv_budget_bytes=budget_bytes, block_size=block_size, session_idle_s=session_idle,
+            kv_budget_bytes=budget_bytes, block_size=block_size,
+            batch_window_ms=batch_window_ms, session_idle_s=session_idle,
             stats_file=stats_file or "",
         )
     except ValueError as exc:

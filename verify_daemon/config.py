@@ -40,6 +40,7 @@ class DaemonConfig:
     block_size: int = 16  # tokens per KV block
     session_idle_s: float = 600.0  # an idle session (vanished client) is freed after this
     retry_after_ms: int = 1000  # hint sent with a busy reply
+    batch_window_ms: float = 2.0  # a step waits this long for sessions about to send
     stats_file: str = ""  # rewritten as JSON about once a second when set
 
     def __post_init__(self) -> None:
@@ -55,8 +56,9 @@ class DaemonConfig:
             raise ValueError("step_tokens must hold at least two full drafts")
         if self.block_size < 1 or self.kv_budget_tokens < 0 or self.kv_budget_bytes < 0:
             raise ValueError("block_size must be positive and the KV budget not negative")
-        if self.session_idle_s <= 0 or self.retry_after_ms < 0:
-            raise ValueError("session_idle_s must be positive and retry_after_ms not negative")
+        if self.session_idle_s <= 0 or self.retry_after_ms < 0 or self.batch_window_ms < 0:
+            raise ValueError("session_idle_s must be positive, retry_after_ms and "
+                             "batch_window_ms not negative")
 
     @property
     def endpoint(self) -> str:

@@ -177,6 +177,10 @@ class Engine:
     def has_work(self) -> bool:
         return self.scheduler.has_work
 
+    @property
+    def waiting_count(self) -> int:
+        return len(self.scheduler.waiting)
+
     def step(self) -> list[Reply]:
         """Schedule, run one forward pass over every scheduled chunk, answer who is done."""
         batch = self.scheduler.schedule()

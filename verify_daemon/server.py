@@ -54,6 +54,7 @@ class Server:
                 if self.socket.poll(0 if self.engine.has_work else POLL_MS):
                     self.serve_ready()
                 if self.engine.has_work:
+                    self.gather(self.engine.config.batch_window_ms / 1000.0)
                     self.run_step()
                 now = time.monotonic()
                 if now >= next_expire:
@@ -77,6 +78,17 @@ class Server:
             except zmq.Again:
                 return
             self.serve_one(frames)
+
+    def gather(self, window_s: float) -> None:
+        """Wait up to ``window_s`` for sessions that are not waiting yet: clients answered by
+        the last step send their next draft within a moment, and a step that left without
+        them would split the users into two half-size batches taking turns."""
+        deadline = time.monotonic() + window_s
+        while self.engine.waiting_count < len(self.engine.sessions):
+            remaining_ms = (deadline - time.monotonic()) * 1000.0
+            if remaining_ms <= 0 or not self.socket.poll(max(1, int(remaining_ms))):
+                return
+            self.serve_ready()
 
     def run_step(self) -> None:
         try:
