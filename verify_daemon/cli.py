@@ -28,8 +28,9 @@ from edgespec.verify_daemon.config import DaemonConfig
 @click.option("--kv-budget", default="auto",
               help="KV memory: tokens (32768), bytes with a unit (2GiB) or auto (32768 tokens "
                    "on CPU, half the free GPU memory on CUDA).")
-@click.option("--step-tokens", type=int, default=1024,
-              help="Most tokens, all sessions together, in one forward pass.")
+@click.option("--step-tokens", type=int, default=0,
+              help="Most tokens, all sessions together, in one forward pass "
+                   "(0 = auto: 256 on CPU, 2048 on CUDA).")
 @click.option("--block-size", type=int, default=16, help="Tokens per KV block.")
 @click.option("--batch-window-ms", type=float, default=2.0,
               help="How long a step waits for sessions about to send (0 = never).")

@@ -34,7 +34,7 @@ class DaemonConfig:
     max_draft_tokens: int = 32
     max_context: int = 8192
     prefill_chunk: int = 512  # most prompt tokens one session prefills in one step
-    step_tokens: int = 1024  # most tokens (all sessions) in one forward pass
+    step_tokens: int = 0  # most tokens (all sessions) in one forward pass; 0 = auto
     kv_budget_tokens: int = 0  # 0 and kv_budget_bytes 0: auto (see model_runner)
     kv_budget_bytes: int = 0
     block_size: int = 16  # tokens per KV block
@@ -52,8 +52,8 @@ class DaemonConfig:
             raise ValueError("max_draft_tokens must be in 0..64 (the wire's bound)")
         if self.prefill_chunk < 1:
             raise ValueError("prefill_chunk must be positive")
-        if self.step_tokens < 2 * (self.max_draft_tokens + 1):
-            raise ValueError("step_tokens must hold at least two full drafts")
+        if self.step_tokens and self.step_tokens < 2 * (self.max_draft_tokens + 1):
+            raise ValueError("step_tokens must hold at least two full drafts (or be 0: auto)")
         if self.block_size < 1 or self.kv_budget_tokens < 0 or self.kv_budget_bytes < 0:
             raise ValueError("block_size must be positive and the KV budget not negative")
         if self.session_idle_s <= 0 or self.retry_after_ms < 0 or self.batch_window_ms < 0:

@@ -57,7 +57,9 @@ class Engine:
         self.info = runner.info
         self.blocks = runner.blocks
         self.max_context = min(config.max_context, runner.info.max_context)
-        self.scheduler = Scheduler(runner.blocks, config.max_sessions, config.step_tokens,
+        self.step_tokens = config.step_tokens or auto_step_tokens(
+            getattr(runner, "device", None), config.max_draft_tokens)
+        self.scheduler = Scheduler(runner.blocks, config.max_sessions, self.step_tokens,
                                    config.prefill_chunk, config.max_draft_tokens,
                                    config.retry_after_ms)
         self.sessions = self.scheduler.sessions  # LRU order: least recently active first
@@ -296,6 +298,14 @@ class Engine:
             "evictions": s.evictions, "preemptions": s.preemptions, "busy": self.busy,
             "expired": self.expired, "max_wait_steps": s.max_wait_steps,
         }
+
+
+def auto_step_tokens(device: Any, max_draft_tokens: int) -> int:
+    """Tokens per step when not set: a CPU pass costs time in proportion to its tokens, so
+    256 keeps a step (everyone's latency) near a second; a GPU pass is nearly flat up to
+    thousands of tokens."""
+    base = 2048 if getattr(device, "type", "cpu") == "cuda" else 256
+    return max(base, 2 * (max_draft_tokens + 1))
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
