@@ -178,3 +178,17 @@ def test_decoder_raises_only_wire_errors_on_mutated_frames(which, pos, noise):
     frames[which] = bytes(frame)
     with contextlib.suppress(WireError):
         decode(frames)
+
+
+def test_busy_error_carries_its_retry_after_to_the_typed_error():
+    got = roundtrip(Error(ErrorCode.OVERLOADED, "full", 1500))
+    assert got == Error(ErrorCode.OVERLOADED, "full", 1500)
+    err = error_for_code(got.code, got.message, got.retry_after_ms)
+    assert err.code == ErrorCode.OVERLOADED and getattr(err, "retry_after_ms", 0) == 1500
+
+
+def test_retry_after_beyond_ten_minutes_is_malformed():
+    frames = encode(Error(ErrorCode.OVERLOADED, "full"))
+    frames[1] = struct.pack("<HI", int(ErrorCode.OVERLOADED), 600_001)
+    with pytest.raises(MalformedFrame):
+        decode(frames)
