@@ -130,6 +130,7 @@ class Scheduler:
             if batch.chunks and n > budget - reserve:
                 break  # strict FIFO: later drafts wait behind this one
             if not self._make_room(s, s.cached + n):
+                prefills = []  # running users first: newcomers must not take their memory
                 break
             batch.chunks.append(Chunk(s, s.cached, [s.tokens[-1], *work.draft], True))
             budget -= n
