@@ -119,13 +119,19 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     v_pool.index_copy_(0, paged.write_slots, value[0].transpose(0, 1))
     q = query[0].transpose(0, 1)  # [T, Hq, D]
     out = torch.empty_like(q)
-    gqa = q.shape[1] != k_pool.shape[1]
+    groups = q.shape[1] // k_pool.shape[1]  # query heads per KV head
+    # CUDA's masked SDPA kernel (memory-efficient) has no GQA: repeat KV heads there; the CPU
+    # flash kernel takes GQA with a mask directly.
+    repeat = groups > 1 and q.is_cuda
     for g in paged.groups:
         qg = q[g.query_index].transpose(1, 2)  # [G, Hq, Q, D]
         kg = k_pool[g.read_slots].transpose(1, 2)  # [G, Hkv, L, D]
         vg = v_pool[g.read_slots].transpose(1, 2)
+        if repeat:
+            kg, vg = kg.repeat_interleave(groups, dim=1), vg.repeat_interleave(groups, dim=1)
         og = torch.nn.functional.scaled_dot_product_attention(
-            qg, kg, vg, attn_mask=g.mask, scale=scaling, enable_gqa=gqa)  # [G, Hq, Q, D]
+            qg, kg, vg, attn_mask=g.mask, scale=scaling,
+            enable_gqa=groups > 1 and not repeat)  # [G, Hq, Q, D]
         flat = og.transpose(1, 2).reshape(-1, q.shape[1], q.shape[2])  # [G*Q, Hq, D]
         out.index_copy_(0, g.token_index, flat[g.out_index])
     return out.unsqueeze(0), None
