@@ -9,12 +9,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from typing import Any
 
 from edgespec.models.fingerprint import describe_mismatch
 from edgespec.verify_daemon.config import DaemonConfig
 from edgespec.verify_daemon.model_runner import ModelRunner
 from edgespec.verify_daemon.session import Session
-from edgespec.verify_daemon.verify import greedy_accept
+from edgespec.verify_daemon.verify import decide, is_greedy
 from edgespec.wire.codec import (
     Close,
     Closed,
@@ -25,6 +26,7 @@ from edgespec.wire.codec import (
     Opened,
     Ping,
     Pong,
+    SparseQ,
     TokenArray,
     Verdict,
     Welcome,
@@ -39,6 +41,7 @@ from edgespec.wire.errors import (
     UnknownSession,
     Unsupported,
 )
+from edgespec.wire.protocol import VerifyMode
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +93,8 @@ class Engine:
 
     def open(self, peer: bytes, sid: int, msg: Open) -> Opened:
         """Create or rebuild a session at the client's position, reusing a common KV prefix."""
-        if msg.sampling.temperature != 0.0 or msg.sampling.verify != 0:
-            raise Unsupported("only greedy verification (temperature 0) is served by this daemon")
+        if msg.sampling.verify not in VerifyMode.__members__.values():
+            raise Unsupported(f"verify mode {msg.sampling.verify} is not served by this daemon")
         self._check_tokens(msg.tokens)
         tokens: list[int] = msg.tokens.tolist()
         if len(tokens) >= self.max_context:
@@ -110,7 +113,8 @@ class Engine:
             cache, keep = self.runner.new_cache(), 0
         self.runner.prefill(cache, tokens[keep:-1], self.config.prefill_chunk)
         self.sessions[sid] = Session(
-            sid, peer, tokens, cache, msg.sampling, msg.max_new_tokens, len(tokens), now
+            sid, peer, tokens, cache, msg.sampling, msg.max_new_tokens, len(tokens), now,
+            rng=None if is_greedy(msg.sampling) else self.runner.new_generator(),
         )
         self.sessions.move_to_end(sid)
         return Opened(len(tokens))
@@ -139,11 +143,13 @@ class Engine:
         if len(draft) > self.config.max_draft_tokens:
             raise LimitExceeded(f"draft of {len(draft)} exceeds {self.config.max_draft_tokens}")
         self._check_tokens(msg.tokens)
+        if msg.q is not None:
+            self._check_tokens(msg.q.ids)
         if session.length + len(draft) >= self.max_context:
             raise LimitExceeded(f"context of {self.max_context} tokens is full")
         start = time.perf_counter()
-        picks = self.runner.greedy_picks(session.cache, [session.tokens[-1], *draft])
-        accepted, next_token = greedy_accept(draft, picks)
+        logits = self.runner.verify_logits(session.cache, [session.tokens[-1], *draft])
+        accepted, next_token = self._decide(session, draft, msg.q, logits)
         session.tokens.extend(draft[:accepted])
         session.tokens.append(next_token)
         self.runner.truncate(session.cache, session.length - 1)
@@ -156,6 +162,12 @@ class Engine:
         self.forward_passes += 1
         self.verified_tokens += accepted + 1
         return Verdict(accepted, next_token, session.length, verify_us)
+
+    @staticmethod
+    def _decide(session: Session, draft: list[int], q: SparseQ | None,
+                logits: Any) -> tuple[int, int]:
+        """The one place a round's outcome is chosen (``verify.py`` holds the rules)."""
+        return decide(session.sampling, session.rng, session.length, draft, q, logits)
 
     # ------------------------------------------------------------ checks
 

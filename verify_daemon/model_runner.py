@@ -80,6 +80,11 @@ class ModelRunner:
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.model.config)
 
+    @staticmethod
+    def new_generator() -> torch.Generator:
+        """A session's own generator; sampling draws run on the CPU, so it lives there."""
+        return torch.Generator(device="cpu")
+
     @torch.inference_mode()
     def prefill(self, cache: DynamicCache, tokens: list[int], chunk: int) -> None:
         """Append ``tokens`` to the cache in chunks, so a long prompt never needs one huge pass."""
@@ -88,12 +93,12 @@ class ModelRunner:
             self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
 
     @torch.inference_mode()
-    def greedy_picks(self, cache: DynamicCache, tokens: list[int]) -> list[int]:
-        """Run ``tokens`` after the cache; return the target's argmax after each of them."""
+    def verify_logits(self, cache: DynamicCache, tokens: list[int]) -> torch.Tensor:
+        """Run ``tokens`` after the cache; return the target's logits after each, (len, V)."""
         ids = torch.tensor([tokens], device=self.device)
         out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
-        picks: list[int] = out.logits[0].argmax(dim=-1).tolist()  # (len(tokens),), one sync
-        return picks
+        logits: torch.Tensor = out.logits[0]
+        return logits
 
     @staticmethod
     def cached_length(cache: DynamicCache) -> int:

@@ -28,6 +28,7 @@ class Session:
     drafted: int = 0
     accepted: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    rng: Any = None  # torch.Generator, reseeded per position from sampling.seed (sampling.py)
 
     @property
     def length(self) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from edgespec.verify_daemon.config import DaemonConfig
 from edgespec.verify_daemon.engine import Engine
 from edgespec.verify_daemon.model_runner import TargetInfo
@@ -35,9 +36,14 @@ class ScriptedRunner:
         self.prefilled += len(tokens)
         cache.extend(tokens)
 
-    def greedy_picks(self, cache: list[int], tokens: list[int]) -> list[int]:
+    def verify_logits(self, cache: list[int], tokens: list[int]) -> torch.Tensor:
         cache.extend(tokens)
-        return [(t + 1) % VOCAB for t in tokens]
+        return torch.nn.functional.one_hot(
+            torch.tensor([(t + 1) % VOCAB for t in tokens]), VOCAB).float()
+
+    @staticmethod
+    def new_generator() -> torch.Generator:
+        return torch.Generator()
 
     @staticmethod
     def truncate(cache: list[int], length: int) -> None:
