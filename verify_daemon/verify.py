@@ -51,19 +51,6 @@ def is_greedy(params: SamplingParams) -> bool:
     return params.temperature == 0.0 or params.verify == VerifyMode.GREEDY
 
 
-def is_lossy(params: SamplingParams) -> bool:
-    """True when the output is not distributed as the target alone's would be."""
-    return params.temperature > 0.0 and params.verify != VerifyMode.EXACT
-
-
-def strategy_name(params: SamplingParams) -> str:
-    """What the status line and JSON stats call the session's verification."""
-    name = VerifyMode(params.verify).name.lower()
-    if params.verify == VerifyMode.THRESHOLD:
-        name += f" {params.threshold:g}"
-    return name + (" (lossy)" if is_lossy(params) else "")
-
-
 def q_row(q: SparseQ | None, i: int, token: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Support ids and float64 probabilities of q_i, normalised as the drafter sampled them."""
     if q is None:  # a deterministic draft: q is one-hot at the drafted token

@@ -22,7 +22,15 @@ from edgespec.wire.errors import (
     MalformedFrame,
     VersionMismatch,
 )
-from edgespec.wire.protocol import FINGERPRINT_BYTES, HEADER, MAGIC, VERSION, Limits, MsgType
+from edgespec.wire.protocol import (
+    FINGERPRINT_BYTES,
+    HEADER,
+    MAGIC,
+    VERSION,
+    Limits,
+    MsgType,
+    VerifyMode,
+)
 
 TokenArray = npt.NDArray[np.int32]
 ProbArray = npt.NDArray[np.float32]
@@ -150,6 +158,22 @@ class SamplingParams:
             raise MalformedFrame(f"verify mode {self.verify} out of range")
         if not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
             raise MalformedFrame(f"threshold {self.threshold} out of range [0, 1]")
+
+    @property
+    def lossy(self) -> bool:
+        """True when the output is not distributed as the target alone's would be."""
+        return self.temperature > 0.0 and self.verify != VerifyMode.EXACT
+
+    @property
+    def strategy(self) -> str:
+        """The verification strategy as the status line and JSON stats name it."""
+        try:
+            name = VerifyMode(self.verify).name.lower()
+        except ValueError:
+            name = f"mode {self.verify}"
+        if self.verify == VerifyMode.THRESHOLD:
+            name += f" {self.threshold:g}"
+        return name + (" (lossy)" if self.lossy else "")
 
 
 @dataclass(frozen=True, slots=True)

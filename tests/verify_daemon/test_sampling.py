@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections import Counter
+from collections import Counter, defaultdict
 
 import numpy as np
 import pytest
@@ -25,10 +25,8 @@ from edgespec.verify_daemon.sampling import (
 from edgespec.verify_daemon.verify import (
     accept_probability,
     decide,
-    is_lossy,
     q_row,
     residual,
-    strategy_name,
 )
 from edgespec.wire.codec import SamplingParams, SparseQ
 from edgespec.wire.protocol import VerifyMode
@@ -67,14 +65,15 @@ class Model:
         return math.prod(float(self.p(seq[:i])[t]) for i, t in enumerate(seq))
 
 
-def step_distribution(model: Model, k: int) -> tuple[dict[tuple[int, ...], float], Counter]:
+def step_distribution(model: Model, k: int
+                      ) -> tuple[dict[tuple[int, ...], float], dict[int, float]]:
     """Exact law of the (k + 1)-token sequence: one verification step, completed from p.
 
     Also returns the total probability of each ``accepted`` count, to show every branch
     (accept all, reject at the first position, every one between) carries weight.
     """
     law: dict[tuple[int, ...], float] = {}
-    branches: Counter = Counter()
+    branches: dict[int, float] = defaultdict(float)
 
     def complete(prefix: tuple[int, ...], weight: float) -> None:
         if len(prefix) == k + 1:
@@ -220,9 +219,9 @@ def test_threshold_accepts_what_exact_would_reject(one_thread):
 
 
 def test_lossy_strategies_are_named_lossy():
-    assert not is_lossy(SamplingParams(temperature=0.7))
-    assert not is_lossy(SamplingParams(temperature=0.0, verify=VerifyMode.GREEDY))
-    assert is_lossy(SamplingParams(temperature=0.7, verify=VerifyMode.GREEDY))
-    assert "lossy" in strategy_name(
-        SamplingParams(temperature=0.7, verify=VerifyMode.THRESHOLD, threshold=0.2))
-    assert strategy_name(SamplingParams(temperature=0.7)) == "exact"
+    assert not SamplingParams(temperature=0.7).lossy
+    assert not SamplingParams(temperature=0.0, verify=VerifyMode.GREEDY).lossy
+    assert SamplingParams(temperature=0.7, verify=VerifyMode.GREEDY).lossy
+    assert SamplingParams(temperature=0.7, verify=VerifyMode.THRESHOLD,
+                          threshold=0.2).strategy == "threshold 0.2 (lossy)"
+    assert SamplingParams(temperature=0.7).strategy == "exact"
