@@ -9,6 +9,7 @@ draw costs one or two short rounds. Seeds are fixed, so the test is deterministi
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import Counter
 
@@ -22,7 +23,9 @@ from edgespec.edge_client.stats import GenerationStats
 pytestmark = pytest.mark.slow
 PROMPT = "My favourite colour is"  # high-entropy next token: blue / a / red
 SETTINGS = dict(temperature=1.0, top_k=3, top_p=1.0)
-DRAWS = 1500
+# CI default catches gross errors; EDGESPEC_STAT_DRAWS=1500 is the slower, sharper run
+# (about 6 minutes a q mode on the shared 2-core box) recorded in the README.
+DRAWS = int(os.environ.get("EDGESPEC_STAT_DRAWS", "300"))
 
 
 def chi_square(counts: Counter, expected: dict[tuple[int, int], float], n: int
