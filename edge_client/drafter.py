@@ -1,4 +1,4 @@
-"""The draft model on llama.cpp: greedy drafting and rollback by moving a length.
+"""The draft model on llama.cpp: argmax or sampled drafting, rollback by moving a length.
 
 Rollback never recomputes: setting ``n_tokens`` back makes llama-cpp-python's ``eval`` drop
 the KV cache past that position before it appends, as llama.cpp's speculative example does.
@@ -104,7 +104,7 @@ class Drafter:
 
     def sparse_q(self, position: int, draft: Sequence[int]) -> SparseQ | None:
         """The q each of ``draft`` (starting at ``position``) was drawn from; None for argmax."""
-        if not (self.sampling and self.sampling.sparse):
+        if not (self.sampling and self.sampling.sparse) or not draft:
             return None
         rows = [self._q[position + i] for i in range(len(draft))]
         if [row[0] for row in rows] != list(draft):
