@@ -7,6 +7,7 @@ from dataclasses import fields
 from typing import Any
 
 from edgespec.edge_client.client import EdgeClient, new_session_id
+from edgespec.edge_client.sampling_setup import Sampling
 from edgespec.edge_client.stats import GenerationStats
 from edgespec.edge_client.trace import TraceWriter
 from edgespec.wire.errors import WireError
@@ -19,15 +20,21 @@ HELP = "/reset starts over, /stats shows totals, /quit leaves"
 
 def _status(stats: GenerationStats, note: str = "") -> Text:
     line = (f"acceptance {stats.acceptance_rate:.0%} · {stats.tokens_per_s:.1f} tok/s · "
-            f"RTT {stats.round_trip_ms:.0f} ms · {stats.tokens_per_round:.1f} tok/round")
+            f"RTT {stats.round_trip_ms:.0f} ms · {stats.tokens_per_round:.1f} tok/round · "
+            f"{stats.bytes_per_round:.0f} B/round · verify {stats.verify}")
     return Text(f"{line}  {note}".rstrip(), style="dim")
 
 
 def run_chat(client: EdgeClient, max_tokens: int, system: str | None,
-             trace: TraceWriter | None = None) -> None:
+             trace: TraceWriter | None = None, sampling: Sampling | None = None) -> None:
     console = Console()
+    sampling = sampling or Sampling()
     console.print(f"[bold]edgespec[/] · target [cyan]{client.welcome.model_name}[/] at "
                   f"{client.config.server} · {HELP}")
+    if sampling.target.temperature > 0:
+        t = sampling.target
+        console.print(f"[dim]sampling: temperature {t.temperature:g}, top-k {t.top_k}, "
+                      f"top-p {t.top_p:g}, seed {t.seed}, verify {t.strategy}[/]")
     messages: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     session_id = new_session_id()
     totals = GenerationStats()
@@ -53,7 +60,8 @@ def run_chat(client: EdgeClient, max_tokens: int, system: str | None,
             console.print(f"[yellow]unknown command[/] {user}: {HELP}")
             continue
         messages.append({"role": "user", "content": user})
-        answer = _answer(console, client, session_id, messages, max_tokens, totals, trace)
+        answer = _answer(console, client, session_id, messages, max_tokens, totals, trace,
+                         sampling)
         messages.append({"role": "assistant", "content": answer})
     client.end_session(session_id)
     client.close()
@@ -61,7 +69,7 @@ def run_chat(client: EdgeClient, max_tokens: int, system: str | None,
 
 def _answer(console: Console, client: EdgeClient, session_id: int,
             messages: list[dict[str, str]], max_tokens: int, totals: GenerationStats,
-            trace: TraceWriter | None = None) -> str:
+            trace: TraceWriter | None = None, sampling: Sampling | None = None) -> str:
     tokens = client.chat_tokens(messages)
     prompt_length = len(tokens)
     stats = GenerationStats()
@@ -80,7 +88,7 @@ def _answer(console: Console, client: EdgeClient, session_id: int,
 
         try:
             for new in client.generate(session_id, tokens, max_tokens, stats, on_wait=on_wait,
-                                       trace=trace):
+                                       trace=trace, sampling=sampling):
                 visible = [t for t in new if t not in client.stop_ids]
                 text.append(decoder.decode(client.drafter.detokenize(visible)))
                 note = ""
@@ -96,4 +104,8 @@ def _answer(console: Console, client: EdgeClient, session_id: int,
 
 def _accumulate(totals: GenerationStats, stats: GenerationStats) -> None:
     for f in fields(GenerationStats):
-        setattr(totals, f.name, getattr(totals, f.name) + getattr(stats, f.name))
+        value = getattr(stats, f.name)
+        if isinstance(value, str) or f.name == "seed":  # labels: the latest one holds
+            setattr(totals, f.name, value)
+        else:
+            setattr(totals, f.name, getattr(totals, f.name) + value)

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 from edgespec.edge_client.config import ClientConfig, default_threads
+from edgespec.edge_client.sampling_setup import SamplingOptions, click_options
 
 DEFAULT_SERVER = "tcp://127.0.0.1:5557"
 
@@ -44,14 +45,15 @@ def _common(fn: Any) -> Any:
 
 
 def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
-            pipeline: bool, timeout: float, cache_dir: str | None) -> ClientConfig:
+            pipeline: bool, timeout: float, cache_dir: str | None,
+            seeded: bool = False) -> ClientConfig:
     from edgespec.models.paths import default_cache_dir, resolve_draft
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     return ClientConfig(
         server=server, draft_path=str(resolve_draft(draft, cache)),
         threads=threads or default_threads(), draft_tokens=draft_tokens,
-        adaptive=not fixed_k, pipeline=pipeline, timeout_s=timeout,
+        adaptive=not fixed_k, pipeline=pipeline, timeout_s=timeout, timed_k=not seeded,
     )
 
 
@@ -97,22 +99,23 @@ def _read_prompts(prompt: str | None, prompt_file: str | None) -> Iterator[dict[
 @click.option("--prompt", default=None, help="One prompt.")
 @click.option("--prompt-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help='JSON lines: {"id": ..., "prompt": ..., and optionally "max_tokens", '
-                   '"draft_tokens", "raw"}.')
+                   '"draft_tokens", "raw", "temperature", "top_k", "top_p", "seed", '
+                   '"verify"}.')
 @click.option("--raw", is_flag=True, help="Send the prompt as is, without the chat template.")
 @click.option("--max-tokens", type=click.IntRange(1, 32768), default=256)
-@click.option("--temperature", type=click.FloatRange(0.0, 0.0), default=0.0,
-              help="0 = greedy, token-identical to the target alone.")
+@click_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per prompt on stdout.")
 def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
              pipeline: bool, timeout: float, cache_dir: str | None, trace_path: str | None,
              prompt: str | None,
-             prompt_file: str | None, raw: bool, max_tokens: int, temperature: float,
-             as_json: bool) -> None:
+             prompt_file: str | None, raw: bool, max_tokens: int, as_json: bool,
+             **sampling: Any) -> None:
     """Answer prompts non-interactively."""
     from edgespec.wire.errors import WireError
 
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give exactly one of --prompt and --prompt-file")
+    options = SamplingOptions(**sampling)
     config = _config(server, draft, threads, draft_tokens, fixed_k, pipeline, timeout,
                      cache_dir)
     client = _connect(config)
@@ -125,7 +128,8 @@ def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fi
             else:
                 try:
                     result.update(
-                        _answer_prompt(client, item, raw, draft_tokens, max_tokens, trace))
+                        _answer_prompt(client, item, raw, draft_tokens, max_tokens, trace,
+                                       options))
                 except (WireError, ValueError, TypeError) as exc:
                     result["error"] = f"{type(exc).__name__}: {exc}"
             failed += "error" in result
@@ -136,7 +140,8 @@ def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fi
 
 
 def _answer_prompt(client: Any, item: dict[str, Any], raw: bool, draft_tokens: int,
-                   max_tokens: int, trace: Any) -> dict[str, Any]:
+                   max_tokens: int, trace: Any,
+                   options: SamplingOptions | None = None) -> dict[str, Any]:
     """One prompt-file line (or --prompt) through a fresh session, as the --json fields."""
     from edgespec.edge_client.client import new_session_id
     from edgespec.edge_client.stats import GenerationStats
@@ -149,10 +154,15 @@ def _answer_prompt(client: Any, item: dict[str, Any], raw: bool, draft_tokens: i
     limit = int(item.get("max_tokens", max_tokens))
     if not (0 <= k <= 64 and 1 <= limit <= 32768):
         raise ValueError("draft_tokens must be in 0..64 and max_tokens in 1..32768")
+    opts = (options or SamplingOptions()).with_overrides(item)
+    sampling = opts.resolve()
     stats = GenerationStats()
     sid = new_session_id()
-    for _ in client.generate(sid, tokens, limit, stats, policy=client.new_policy(k),
-                             on_wait=lambda note: click.echo(note, err=True), trace=trace):
+    policy = client.new_policy(k)
+    policy.timed = not opts.seeded  # a seeded run must cut its rounds the same way each time
+    for _ in client.generate(sid, tokens, limit, stats, policy=policy, trace=trace,
+                             sampling=sampling,
+                             on_wait=lambda note: click.echo(note, err=True)):
         pass
     client.end_session(sid)
     generated = tokens[len(prompt_ids):]
@@ -181,7 +191,8 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
         click.echo(result["text"])
         s = result["stats"]
         click.echo(f"[{s['generated']} tokens, {s['tokens_per_s']} tok/s, acceptance "
-                   f"{s['acceptance_rate']:.1%}, {s['rounds']} rounds]", err=True)
+                   f"{s['acceptance_rate']:.1%}, {s['rounds']} rounds, verify {s['verify']}"
+                   + (f", seed {s['seed']}" if s["seed"] else "") + "]", err=True)
 
 
 # ---------------------------------------------------------------- chat
@@ -191,17 +202,24 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
 @_common
 @click.option("--max-tokens", type=click.IntRange(1, 32768), default=512, show_default=True)
 @click.option("--system", default=None, help="Optional system prompt.")
+@click_options
 def chat(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
          pipeline: bool, timeout: float, cache_dir: str | None, trace_path: str | None,
-         max_tokens: int, system: str | None) -> None:
+         max_tokens: int, system: str | None, **sampling: Any) -> None:
     """Chat in the terminal; /reset, /stats, /quit."""
     from edgespec.edge_client.chat_ui import run_chat
+    from edgespec.wire.errors import WireError
 
+    options = SamplingOptions(**sampling)
+    try:
+        resolved = options.resolve()
+    except (ValueError, WireError) as exc:
+        raise click.UsageError(str(exc)) from exc
     config = _config(server, draft, threads, draft_tokens, fixed_k, pipeline, timeout,
-                     cache_dir)
+                     cache_dir, seeded=options.seeded)
     client = _connect(config)
     with _open_trace(trace_path) as trace:
-        run_chat(client, max_tokens, system, trace)
+        run_chat(client, max_tokens, system, trace, resolved)
 
 
 if __name__ == "__main__":

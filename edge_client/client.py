@@ -9,6 +9,7 @@ from edgespec.edge_client.chat_template import render_chat
 from edgespec.edge_client.config import ClientConfig
 from edgespec.edge_client.draft_length import DraftLength
 from edgespec.edge_client.drafter import Drafter
+from edgespec.edge_client.sampling_setup import Sampling
 from edgespec.edge_client.spec_loop import speculate
 from edgespec.edge_client.stats import GenerationStats
 from edgespec.edge_client.trace import TraceWriter
@@ -38,7 +39,7 @@ class EdgeClient:
     def new_policy(self, draft_tokens: int) -> DraftLength:
         k_max = min(draft_tokens, self.welcome.max_draft_tokens)
         return DraftLength(k_max=k_max, adaptive=self.config.adaptive,
-                           pipelined=self.config.pipeline)
+                           pipelined=self.config.pipeline, timed=self.config.timed_k)
 
     def close(self) -> None:
         self.link.close()
@@ -56,13 +57,19 @@ class EdgeClient:
     def generate(self, session_id: int, tokens: list[int], max_new_tokens: int,
                  stats: GenerationStats, policy: DraftLength | None = None,
                  on_wait: Callable[[str], None] | None = None,
-                 trace: TraceWriter | None = None) -> Iterator[list[int]]:
+                 trace: TraceWriter | None = None, sampling: Sampling | None = None
+                 ) -> Iterator[list[int]]:
         """Extend ``tokens`` in place; yield each round's verified tokens (``trace``: record
-        them for ``tools/replay``)."""
+        them for ``tools/replay``; ``sampling``: the target's and the draft's settings,
+        greedy when None)."""
+        sampling = sampling or Sampling()
+        self.drafter.sampling = sampling.draft
+        stats.verify, stats.seed = sampling.verify_label, sampling.target.seed
         return speculate(
             self.drafter, self.link, session_id, tokens, max_new_tokens,
             policy or self.policy, self.stop_ids, stats,
             pipeline=self.config.pipeline, on_wait=on_wait, trace=trace,
+            sampling=sampling.target,
         )
 
     def end_session(self, session_id: int) -> None:

@@ -56,6 +56,7 @@ class DraftLength:
     k_min: int = 1
     adaptive: bool = True
     pipelined: bool = False
+    timed: bool = True  # False: adapt to acceptance only, so a seeded run cuts rounds alike
     smoothing: float = 0.2
     accepted: float = 8.0  # prior: pseudo-counts of accepted and rejected draft tokens
     rejected: float = 1.0
@@ -89,6 +90,8 @@ class DraftLength:
         decay = 1.0 - self.smoothing
         self.accepted = self.accepted * decay + accepted
         self.rejected = self.rejected * decay + (1.0 if accepted < k else 0.0)
+        if not self.timed:
+            return
         if k > 0:
             self.draft_s_per_token += self.smoothing * (draft_s_per_token - self.draft_s_per_token)
         self.round_trip.add(k + 1, round_trip_s)

@@ -1,4 +1,4 @@
-"""The draft model on llama.cpp: greedy drafting and rollback by moving a length.
+"""The draft model on llama.cpp: argmax or sampled drafting, rollback by moving a length.
 
 Rollback never recomputes: setting ``n_tokens`` back makes llama-cpp-python's ``eval`` drop
 the KV cache past that position before it appends, as llama.cpp's speculative example does.
@@ -12,6 +12,11 @@ from pathlib import Path
 
 import llama_cpp
 import numpy as np
+import numpy.typing as npt
+from edgespec.edge_client.draft_sampling import DraftSampling, draft_uniform, draw, sparse_q
+from edgespec.wire.codec import SparseQ
+
+QRow = tuple[int, npt.NDArray[np.int32], npt.NDArray[np.float32]]  # token, support ids, probs
 
 
 class Drafter:
@@ -26,6 +31,8 @@ class Drafter:
         self.n_vocab = self.llm.n_vocab()
         self.n_ctx = n_ctx
         self._logits_valid = False  # True when the context's last logits row follows n_tokens
+        self.sampling: DraftSampling | None = None  # None or temperature 0: argmax drafting
+        self._q: dict[int, QRow] = {}  # position -> what was sampled there and from which q
 
     # ------------------------------------------------------------ text
 
@@ -64,7 +71,10 @@ class Drafter:
         self._eval(tokens[keep:])
 
     def draft(self, k: int) -> list[int]:
-        """Greedily propose ``k`` tokens after the current context, evaluating each one.
+        """Propose ``k`` tokens after the current context, evaluating each one.
+
+        Argmax unless ``sampling`` asks for a sampled draft; then each token's exact q is
+        kept by position for ``sparse_q``.
 
         The last proposal is evaluated too, so the logits then predict the target's bonus
         token and a fully accepted round needs no recomputation.
@@ -73,19 +83,44 @@ class Drafter:
         for _ in range(k):
             if self.llm.n_tokens + 1 >= self.n_ctx:
                 break
-            token = self.next_greedy()
+            token = self.next_sampled() if self.sampling and self.sampling.sparse \
+                else self.next_greedy()
             out.append(token)
             self._eval([token])
         return out
 
     def next_greedy(self) -> int:
         """The draft's argmax after the current context (needs valid logits)."""
+        return int(self._logits().argmax())
+
+    def next_sampled(self) -> int:
+        """A draw from the draft's own sparse q, keyed by (seed, position); q is recorded."""
+        assert self.sampling is not None
+        position = self.llm.n_tokens
+        ids, probs = sparse_q(self._logits(), self.sampling)
+        token = draw(ids, probs, draft_uniform(self.sampling.seed, position))
+        self._q[position] = (token, ids, probs)
+        return token
+
+    def sparse_q(self, position: int, draft: Sequence[int]) -> SparseQ | None:
+        """The q each of ``draft`` (starting at ``position``) was drawn from; None for argmax."""
+        if not (self.sampling and self.sampling.sparse) or not draft:
+            return None
+        rows = [self._q[position + i] for i in range(len(draft))]
+        if [row[0] for row in rows] != list(draft):
+            raise RuntimeError("draft tokens and their recorded q disagree")
+        self._q = {n: row for n, row in self._q.items() if n >= position}
+        return SparseQ(np.array([len(r[1]) for r in rows], dtype=np.int32),
+                       np.concatenate([r[1] for r in rows]) if rows else np.zeros(0, np.int32),
+                       np.concatenate([r[2] for r in rows]) if rows else np.zeros(0, np.float32))
+
+    def _logits(self) -> npt.NDArray[np.float32]:
+        """The last logits row (a view into llama.cpp's buffer: read it before the next eval)."""
         if not self._logits_valid:
             raise RuntimeError("no logits: call sync() first")
         ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
-        row = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
-                                    shape=(self.n_vocab,))
-        return int(row.argmax())
+        return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
+                                     shape=(self.n_vocab,))
 
     def _eval(self, tokens: Sequence[int]) -> None:
         self.llm.eval(list(tokens))

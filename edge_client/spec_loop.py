@@ -17,7 +17,7 @@ from edgespec.edge_client.drafter import Drafter
 from edgespec.edge_client.stats import GenerationStats
 from edgespec.edge_client.trace import TraceWriter, open_record, round_record
 from edgespec.edge_client.transport import Link, expect
-from edgespec.wire.codec import Draft, Open, Opened, Verdict
+from edgespec.wire.codec import Draft, Open, Opened, SamplingParams, Verdict
 from edgespec.wire.errors import Overloaded, UnknownSession
 
 MAX_REOPENS = 8
@@ -36,6 +36,7 @@ def speculate(
     pipeline: bool = True,
     on_wait: Callable[[str], None] | None = None,
     trace: TraceWriter | None = None,
+    sampling: SamplingParams | None = None,
 ) -> Iterator[list[int]]:
     """Extend ``tokens`` in place by up to ``max_new_tokens``; yield each round's new tokens.
 
@@ -44,11 +45,14 @@ def speculate(
     pick. When the guess holds (most rounds at high acceptance) the next draft is already
     made when the verdict lands, so drafting and verification overlap instead of alternating.
     With ``trace``, each OPEN and each verified round is recorded for ``tools/replay``.
+    ``sampling`` (default greedy) goes to the daemon in OPEN; the drafter's own settings
+    decide whether each DRAFT carries a sparse q.
     """
+    sampling = sampling or SamplingParams()
     start = time.perf_counter()
     sent0, received0 = link.bytes_sent, link.bytes_received
     stops = set(stop_ids)
-    open_seq = _send_open(link, session_id, tokens, max_new_tokens, trace)
+    open_seq = _send_open(link, session_id, tokens, max_new_tokens, trace, sampling)
     opened = False
     ahead: list[int] = []  # drafted (and evaluated) beyond ``tokens`` during the last round
     generated = 0
@@ -63,12 +67,13 @@ def speculate(
             draft_time, draft_count = time.perf_counter() - t0, k - len(ahead)
             if not opened:
                 _await_open(link, open_seq, session_id, tokens, max_new_tokens - generated,
-                            stats, on_wait)
+                            stats, on_wait, sampling)
                 opened = True
             # ---- send; keep drafting while the verdict is in flight
             sent_at, sent_wall = time.perf_counter(), time.time()
             sent0_round, received0_round = link.bytes_sent, link.bytes_received
-            seq = link.send(Draft(len(tokens), draft), session_id)
+            q = drafter.sparse_q(len(tokens), draft)
+            seq = link.send(Draft(len(tokens), draft, q), session_id)
             guesses: list[int] = []
             try:
                 reply = link.poll(seq)
@@ -78,7 +83,8 @@ def speculate(
                 drafted_at = time.perf_counter()
                 verdict = reply if reply is not None else link.wait(seq)
             except UnknownSession:  # the daemon lost us: rebuild it from our own history
-                open_seq = _send_open(link, session_id, tokens, max_new_tokens - generated, trace)
+                open_seq = _send_open(link, session_id, tokens, max_new_tokens - generated, trace,
+                                      sampling)
                 opened, ahead = False, []
                 stats.reopens += 1
                 if stats.reopens > MAX_REOPENS:
@@ -128,15 +134,16 @@ def speculate(
 
 
 def _send_open(link: Link, session_id: int, tokens: list[int], max_new: int,
-               trace: TraceWriter | None) -> int:
+               trace: TraceWriter | None, sampling: SamplingParams) -> int:
     """Open (or rebuild) the session from our full history; recorded when tracing."""
     if trace is not None:
-        trace.write(open_record(session_id, tokens, max_new))
-    return link.send(Open(list(tokens), max_new), session_id)
+        trace.write(open_record(session_id, tokens, max_new, sampling=sampling))
+    return link.send(Open(list(tokens), max_new, sampling), session_id)
 
 
 def _await_open(link: Link, seq: int, session_id: int, tokens: list[int], max_new: int,
-                stats: GenerationStats, on_wait: Callable[[str], None] | None) -> None:
+                stats: GenerationStats, on_wait: Callable[[str], None] | None,
+                sampling: SamplingParams) -> None:
     """Wait for OPENED; when the server is full, wait as long as it asks (else back off
     exponentially), with jitter so that refused clients do not come back all at once."""
     t0 = time.perf_counter()
@@ -151,7 +158,7 @@ def _await_open(link: Link, seq: int, session_id: int, tokens: list[int], max_ne
                 on_wait(f"server busy, retrying in {wait:.1f} s ({exc})")
             time.sleep(wait)
             delay = min(delay * 2, BACKOFF_S[1])
-            seq = link.send(Open(list(tokens), max_new), session_id)
+            seq = link.send(Open(list(tokens), max_new, sampling), session_id)
             continue
         expect(reply, Opened)
         stats.open_s += time.perf_counter() - t0

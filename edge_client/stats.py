@@ -23,6 +23,8 @@ class GenerationStats:
     reopens: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
+    verify: str = "exact"  # the daemon's verification strategy; "(lossy)" when it is
+    seed: int = 0  # the sampling seed (0 when greedy): rerun with it to reproduce
 
     @property
     def acceptance_rate(self) -> float:
@@ -43,17 +45,24 @@ class GenerationStats:
         return self.generated / self.rounds if self.rounds else 0.0
 
     @property
+    def bytes_per_round(self) -> float:
+        """Both directions, OPENs included: what one round costs on the wire."""
+        total = self.bytes_sent + self.bytes_received
+        return total / self.rounds if self.rounds else 0.0
+
+    @property
     def round_trip_ms(self) -> float:
         return 1000.0 * self.round_trip_s / self.rounds if self.rounds else 0.0
 
-    def as_dict(self) -> dict[str, float | int]:
-        out: dict[str, float | int] = asdict(self)
+    def as_dict(self) -> dict[str, float | int | str]:
+        out: dict[str, float | int | str] = asdict(self)
         out.update(
             acceptance_rate=round(self.acceptance_rate, 4),
             per_token_acceptance=round(self.per_token_acceptance, 4),
             tokens_per_s=round(self.tokens_per_s, 2),
             tokens_per_round=round(self.tokens_per_round, 3),
             round_trip_ms=round(self.round_trip_ms, 2),
+            bytes_per_round=round(self.bytes_per_round, 1),
         )
         for key in ("wall_s", "draft_s", "wait_s", "verify_s", "open_s", "round_trip_s"):
             out[key] = round(float(out[key]), 4)

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
-from edgespec.wire.codec import Verdict
+from edgespec.wire.codec import SamplingParams, Verdict
 
 
 class TraceWriter:
@@ -48,11 +48,17 @@ def session_hex(session_id: int) -> str:
 
 
 def open_record(session_id: int, tokens: Sequence[int], max_new_tokens: int,
-                t: float | None = None) -> dict[str, Any]:
+                t: float | None = None, sampling: SamplingParams | None = None
+                ) -> dict[str, Any]:
     """The OPEN as sent: replaying it rebuilds the same daemon-side session."""
-    return {"kind": "open", "session": session_hex(session_id),
-            "t": time.time() if t is None else t,
-            "tokens": [int(x) for x in tokens], "max_new_tokens": int(max_new_tokens)}
+    record = {"kind": "open", "session": session_hex(session_id),
+              "t": time.time() if t is None else t,
+              "tokens": [int(x) for x in tokens], "max_new_tokens": int(max_new_tokens)}
+    if sampling is not None and sampling.temperature > 0:  # seeded: a replay can redo it
+        record["sampling"] = {"temperature": sampling.temperature, "top_k": sampling.top_k,
+                              "top_p": sampling.top_p, "seed": sampling.seed,
+                              "verify": sampling.verify, "threshold": sampling.threshold}
+    return record
 
 
 def round_record(session_id: int, t: float, base_length: int, draft: Sequence[int],

@@ -1,7 +1,9 @@
 """Side-by-side benchmark: target alone (transformers ``generate``), the daemon with draft
 length 0, and edgespec, on the same prompts in one run, with token ids checked identical.
+With ``--sampling`` all three sample (temperature 0.7, top-p 0.9, one seed per prompt) and
+ids are not compared (the distributions are: tests/integration/test_sampling.py).
 
-    tools/bench [--pairs default,hard] [--sets chat,humaneval] [--json] [--plot FILE]
+    tools/bench [--pairs default,hard] [--sets chat,humaneval] [--sampling] [--json]
     tools/bench batching --sessions 1,4,16,64 [--json]      (see bench_batching.py)
 """
 
@@ -49,11 +51,16 @@ def load_prompts(name: str, n: int) -> list[tuple[str, bool]]:
     raise click.BadParameter(f"unknown prompt set {name!r}")
 
 
+SAMPLING = {"temperature": 0.7, "top_k": 0, "top_p": 0.9}
+
+
 def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: int,
              split_threads: int, pipeline: bool, progress: Progress,
-             workdir: Path) -> dict[str, Any]:
+             workdir: Path, sampling: bool = False,
+             draft_temperature: float | None = None) -> dict[str, Any]:
     from edgespec.edge_client.client import EdgeClient, new_session_id
     from edgespec.edge_client.config import ClientConfig
+    from edgespec.edge_client.sampling_setup import SamplingOptions
     from edgespec.edge_client.stats import GenerationStats
     from edgespec.models.convert import resolve_target
     from edgespec.models.paths import default_cache_dir, resolve_draft
@@ -69,10 +76,16 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
                                      threads=split_threads, draft_tokens=k, pipeline=pipeline))
     results: dict[str, Any] = {}
     try:
+        seed = 0
+
         def edgespec_run(prompt: list[int], k_max: int, stats: GenerationStats) -> list[int]:
             tokens = list(prompt)
             sid = new_session_id()
-            for _ in client.generate(sid, tokens, max_new, stats, policy=client.new_policy(k_max)):
+            options = (SamplingOptions(**SAMPLING, seed=seed,
+                                       draft_temperature=draft_temperature) if sampling
+                       else SamplingOptions())
+            for _ in client.generate(sid, tokens, max_new, stats, policy=client.new_policy(k_max),
+                                     sampling=options.resolve()):
                 pass
             client.end_session(sid)
             return tokens[len(prompt):]
@@ -85,13 +98,15 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
             tallies = {m: Tally() for m in METHODS}
             spec_stats = GenerationStats()
             task = progress.add_task(f"{pair}/{set_name}", total=len(prompts))
-            for text, raw in prompts:
+            for seed, (text, raw) in enumerate(prompts, 1):
                 ids = (client.drafter.tokenize(text) if raw
                        else client.chat_tokens([{"role": "user", "content": text}]))
                 for method in METHODS:
                     t0 = time.perf_counter()
                     if method == "target_generate":
-                        out = alone.greedy(ids, max_new, client.stop_ids)
+                        out = (alone.sample(ids, max_new, **SAMPLING, seed=seed,
+                                            stop_ids=client.stop_ids) if sampling
+                               else alone.greedy(ids, max_new, client.stop_ids))
                     else:
                         k_run = 0 if method == "daemon_k0" else k
                         stats = spec_stats if method == "edgespec" else GenerationStats()
@@ -100,16 +115,18 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
                     tallies[method].tokens += len(out)
                     tallies[method].outputs.append(out)
                 progress.advance(task)
-            results[set_name] = summarize(tallies, spec_stats)
+            results[set_name] = summarize(tallies, spec_stats, compare_ids=not sampling)
     finally:
         client.close()
         daemon.stop()
     return results
 
 
-def summarize(tallies: dict[str, Tally], stats: Any) -> dict[str, Any]:
+def summarize(tallies: dict[str, Tally], stats: Any, compare_ids: bool = True
+              ) -> dict[str, Any]:
     base = tallies["target_generate"]
-    identical = all(t.outputs == base.outputs for t in tallies.values())
+    identical = all(t.outputs == base.outputs for t in tallies.values()) if compare_ids \
+        else None  # sampling: same distribution, not the same ids
     alpha = stats.per_token_acceptance
     mean_k = stats.drafted / stats.rounds if stats.rounds else 0.0
     wall = stats.wall_s or 1.0
@@ -123,6 +140,7 @@ def summarize(tallies: dict[str, Tally], stats: Any) -> dict[str, Any]:
         "per_token_acceptance": round(alpha, 4),
         "mean_draft_length": round(mean_k, 2),
         "tokens_per_round": round(stats.tokens_per_round, 3),
+        "bytes_per_round": round(stats.bytes_per_round, 1),
         "ideal_speedup": round(expected_tokens(alpha, round(mean_k)), 3),
         # Shares of the client's wall time. Drafting and verification overlap when
         # pipelined, so "verify_on_daemon" and "wire_and_daemon_overhead" (round trip minus
@@ -141,7 +159,7 @@ def summarize(tallies: dict[str, Tally], stats: Any) -> dict[str, Any]:
 
 
 def print_table(console: Console, results: dict[str, Any]) -> None:
-    table = Table(title="edgespec vs target alone (greedy, tokens/s)")
+    table = Table(title="edgespec vs target alone (tokens/s)")
     for col in ("pair", "set", "generate", "daemon k=0", "edgespec", "× generate",
                 "× k=0", "accept", "tok/round", "ideal ×", "identical"):
         table.add_column(col, justify="right")
@@ -151,7 +169,8 @@ def print_table(console: Console, results: dict[str, Any]) -> None:
                           f"{r['daemon_k0_tok_s']:.1f}", f"{r['edgespec_tok_s']:.1f}",
                           f"{r['speedup_vs_generate']:.2f}", f"{r['speedup_vs_daemon_k0']:.2f}",
                           f"{r['acceptance_rate']:.1%}", f"{r['tokens_per_round']:.2f}",
-                          f"{r['ideal_speedup']:.2f}", "yes" if r["identical_token_ids"] else "NO")
+                          f"{r['ideal_speedup']:.2f}",
+                          {True: "yes", False: "NO", None: "n/a"}[r["identical_token_ids"]])
     console.print(table)
 
 
@@ -191,10 +210,15 @@ def plot(results: dict[str, Any], path: Path) -> None:
 @click.option("--pipeline/--no-pipeline", default=True, help="Draft while verifying.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON line.")
 @click.option("--plot", "plot_path", type=click.Path(), default="bench-out/bench.png")
+@click.option("--sampling", is_flag=True,
+              help="Sample (temperature 0.7, top-p 0.9, seed = prompt number) instead of greedy.")
+@click.option("--draft-temperature", type=float, default=None,
+              help="With --sampling: the draft's temperature [default: 0.7, a sparse q]; "
+                   "0 = argmax draft, one-hot q (ids only on the wire).")
 @click.pass_context
 def main(ctx: click.Context, pairs: str, sets_: str, n: int, max_tokens: int,
          draft_tokens: int, threads: int, split_threads: int, pipeline: bool, as_json: bool,
-         plot_path: str) -> None:
+         plot_path: str, sampling: bool, draft_temperature: float | None) -> None:
     """Measure edgespec against the target alone, side by side (``batching``: many users)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -203,13 +227,14 @@ def main(ctx: click.Context, pairs: str, sets_: str, n: int, max_tokens: int,
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
         for pair in pairs.split(","):
             results[pair] = run_pair(pair, sets_.split(","), n, max_tokens, draft_tokens,
-                                     threads, split_threads, pipeline, progress, Path(tmp))
+                                     threads, split_threads, pipeline, progress, Path(tmp),
+                                     sampling, draft_temperature)
     print_table(console, results)
     plot(results, Path(plot_path))
     console.print(f"plot: {plot_path}")
     if as_json:
         print(json.dumps(results))
-    if not all(r["identical_token_ids"] for s in results.values() for r in s.values()):
+    if any(r["identical_token_ids"] is False for s in results.values() for r in s.values()):
         sys.exit("token ids differ from the target alone")
 
 

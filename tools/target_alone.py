@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 class TargetAlone:
-    """Plain greedy ``generate`` on the target, float32, with a chosen thread count."""
+    """Plain ``generate`` on the target (greedy or sampling), float32, chosen thread count."""
 
     def __init__(self, target: str | Path, threads: int, memo: bool = False):
         import torch
@@ -40,6 +40,39 @@ class TargetAlone:
                 )
             self._memo[key] = out[0, len(prompt):].tolist()
         return self._memo[key]
+
+    def sample(self, prompt: Sequence[int], max_new_tokens: int, temperature: float,
+               top_k: int, top_p: float, seed: int,
+               stop_ids: Sequence[int] | None = None) -> list[int]:
+        """``generate(do_sample=True)`` with these settings; torch's global seed set first."""
+        ids = self.torch.tensor([list(prompt)])
+        extra = ({"eos_token_id": list(stop_ids), "pad_token_id": stop_ids[0]} if stop_ids
+                 else {"pad_token_id": self.model.config.eos_token_id})
+        self.torch.manual_seed(seed)
+        with self.torch.inference_mode():
+            out = self.model.generate(
+                ids, attention_mask=self.torch.ones_like(ids), do_sample=True,
+                temperature=temperature, top_k=top_k, top_p=top_p,
+                max_new_tokens=max_new_tokens, **extra,
+            )
+        result: list[int] = out[0, len(prompt):].tolist()
+        return result
+
+    def next_token_probs(self, context: Sequence[int], temperature: float, top_k: int,
+                         top_p: float) -> dict[int, float]:
+        """The distribution ``generate(do_sample=True)`` draws the next token from: softmax
+        of the scores it reports after its own logits processors (nonzero entries only)."""
+        ids = self.torch.tensor([list(context)])
+        with self.torch.inference_mode():
+            out = self.model.generate(
+                ids, attention_mask=self.torch.ones_like(ids), do_sample=True,
+                temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=1,
+                output_scores=True, return_dict_in_generate=True,
+                pad_token_id=self.model.config.eos_token_id,
+            )
+        probs = self.torch.softmax(out.scores[0][0].double(), dim=-1)
+        support = self.torch.nonzero(probs).flatten().tolist()
+        return {int(t): float(probs[t]) for t in support}
 
     def top2_margin(self, context: Sequence[int]) -> float:
         """Logit gap between the best and second-best next token after ``context``."""

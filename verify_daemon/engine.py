@@ -17,7 +17,7 @@ from edgespec.verify_daemon.config import DaemonConfig
 from edgespec.verify_daemon.model_runner import ModelRunner
 from edgespec.verify_daemon.scheduler import Chunk, Scheduler
 from edgespec.verify_daemon.session import Session, Work
-from edgespec.verify_daemon.verify import greedy_accept
+from edgespec.verify_daemon.verify import decide, is_greedy
 from edgespec.wire.codec import (
     Close,
     Closed,
@@ -29,6 +29,7 @@ from edgespec.wire.codec import (
     Opened,
     Ping,
     Pong,
+    SparseQ,
     TokenArray,
     Verdict,
     Welcome,
@@ -44,6 +45,8 @@ from edgespec.wire.errors import (
     UnknownSession,
     Unsupported,
 )
+
+from edgespec.wire.protocol import VerifyMode
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +113,8 @@ class Engine:
     def _queue_open(self, peer: bytes, sid: int, seq: int, msg: Open) -> Opened | None:
         """Create or rebuild a session at the client's position, reusing a common KV prefix;
         the prefill then runs in chunks inside the scheduler's steps."""
-        if msg.sampling.temperature != 0.0 or msg.sampling.verify != 0:
-            raise Unsupported("only greedy verification (temperature 0) is served by this daemon")
+        if msg.sampling.verify not in VerifyMode.__members__.values():
+            raise Unsupported(f"verify mode {msg.sampling.verify} is not served by this daemon")
         self._check_tokens(msg.tokens)
         tokens: list[int] = msg.tokens.tolist()
         if len(tokens) >= self.max_context:
@@ -138,6 +141,7 @@ class Engine:
             session = Session(sid, peer, tokens, msg.sampling, msg.max_new_tokens, len(tokens),
                               now)
             self.scheduler.add(session)
+        session.rng = None if is_greedy(msg.sampling) else self.runner.new_generator()
         self.scheduler.touch(session, now)
         if session.to_prefill == 0:
             return Opened(session.length)
@@ -156,13 +160,15 @@ class Engine:
             raise LimitExceeded(
                 f"draft of {len(msg.tokens)} exceeds {self.config.max_draft_tokens}")
         self._check_tokens(msg.tokens)
+        if msg.q is not None:
+            self._check_tokens(msg.q.ids)
         if session.length + len(msg.tokens) >= self.max_context:
             raise LimitExceeded(f"context of {self.max_context} tokens is full")
         self._check_fits(session.length + len(msg.tokens))
         now = time.monotonic()
         self.scheduler.touch(session, now)
         self.scheduler.submit(session, Work("draft", seq, self.scheduler.step_no, now,
-                                            msg.tokens.tolist()))
+                                            msg.tokens.tolist(), msg.q))
 
     def expire(self, now: float) -> int:
         """Drop sessions idle past the limit (a client that vanished); returns how many."""
@@ -212,7 +218,7 @@ class Engine:
         work = session.pending
         assert work is not None
         draft = chunk.tokens[1:]
-        accepted, next_token = self._decide(session, draft, logits_rows)
+        accepted, next_token = self._decide(session, draft, work.q, logits_rows)
         session.tokens.extend(draft[:accepted])
         session.tokens.append(next_token)
         session.cached = session.length - 1  # rejected positions are dropped by a length
@@ -227,12 +233,14 @@ class Engine:
         return (session.peer, session.sid, work.seq,
                 Verdict(accepted, next_token, session.length, verify_us))
 
-    def _decide(self, session: Session, draft_tokens: list[int], logits_rows: Any
-                ) -> tuple[int, int]:
+    @staticmethod
+    def _decide(session: Session, draft_tokens: list[int], q: SparseQ | None,
+                logits_rows: Any) -> tuple[int, int]:
         """(accepted, next_token) for one session; ``logits_rows`` [k + 1, vocab] float32 are
-        the target's logits after the last verified token and after each draft token."""
-        picks: list[int] = logits_rows.argmax(dim=-1).tolist()
-        return greedy_accept(draft_tokens, picks)
+        the target's logits after the last verified token and after each draft token;
+        ``verify.py`` holds the rules."""
+        return decide(session.sampling, session.rng, session.length, draft_tokens, q,
+                      logits_rows)
 
     def _finish_prefill(self, chunk: Chunk, now: float) -> Reply | None:
         session = chunk.session

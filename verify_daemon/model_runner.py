@@ -202,6 +202,11 @@ class ModelRunner:
             return int(free * AUTO_CUDA_FRACTION) // self.bytes_per_token
         return AUTO_BUDGET_TOKENS
 
+    @staticmethod
+    def new_generator() -> torch.Generator:
+        """A session's own generator; sampling draws run on the CPU, so it lives there."""
+        return torch.Generator(device="cpu")
+
     @torch.inference_mode()
     def run(self, chunks: Sequence[Chunk]) -> torch.Tensor:
         """One forward pass over every chunk; returns float32 logits [R, vocab], one row per

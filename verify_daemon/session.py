@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from edgespec.wire.codec import SamplingParams
+from edgespec.wire.codec import SamplingParams, SparseQ
 
 
 @dataclass(slots=True)
@@ -16,6 +17,7 @@ class Work:
     arrived_step: int
     arrived_at: float
     draft: list[int] = field(default_factory=list)
+    q: SparseQ | None = None  # the draft's sparse distribution, when it sampled (issue 4)
 
 
 @dataclass(slots=True)
@@ -43,6 +45,7 @@ class Session:
     drafted: int = 0
     accepted: int = 0
     extra: dict[str, float] = field(default_factory=dict)
+    rng: Any = None  # torch.Generator, reseeded per position from sampling.seed (sampling.py)
 
     @property
     def length(self) -> int:

@@ -14,6 +14,7 @@ from typing import ClassVar
 import numpy as np
 import numpy.typing as npt
 from edgespec.wire.errors import (
+    BadDistribution,
     ErrorCode,
     FrameTooLarge,
     InvalidToken,
@@ -21,10 +22,21 @@ from edgespec.wire.errors import (
     MalformedFrame,
     VersionMismatch,
 )
-from edgespec.wire.protocol import FINGERPRINT_BYTES, HEADER, MAGIC, VERSION, Limits, MsgType
+from edgespec.wire.protocol import (
+    FINGERPRINT_BYTES,
+    HEADER,
+    MAGIC,
+    VERSION,
+    Limits,
+    MsgType,
+    VerifyMode,
+)
 
 TokenArray = npt.NDArray[np.int32]
+ProbArray = npt.NDArray[np.float32]
 _I32 = np.dtype("<i4")
+_F32 = np.dtype("<f4")
+Q_SUM_TOLERANCE = 1e-3  # float32 probabilities of one support must sum to 1 within this
 DEFAULT_LIMITS = Limits()
 MAX_RETRY_AFTER_MS = 600_000  # a busy daemon never asks for more than ten minutes
 
@@ -133,7 +145,8 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 1.0
     seed: int = 0
-    verify: int = 0
+    verify: int = 0  # VerifyMode; checked by the daemon, which knows the modes it serves
+    threshold: float = 0.0  # VerifyMode.THRESHOLD only
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.temperature) and 0.0 <= self.temperature <= 100.0):
@@ -144,6 +157,24 @@ class SamplingParams:
             raise MalformedFrame(f"top_k {self.top_k} out of range")
         if not 0 <= self.verify < 16:
             raise MalformedFrame(f"verify mode {self.verify} out of range")
+        if not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
+            raise MalformedFrame(f"threshold {self.threshold} out of range [0, 1]")
+
+    @property
+    def lossy(self) -> bool:
+        """True when the output is not distributed as the target alone's would be."""
+        return self.temperature > 0.0 and self.verify != VerifyMode.EXACT
+
+    @property
+    def strategy(self) -> str:
+        """The verification strategy as the status line and JSON stats name it."""
+        try:
+            name = VerifyMode(self.verify).name.lower()
+        except ValueError:
+            name = f"mode {self.verify}"
+        if self.verify == VerifyMode.THRESHOLD:
+            name += f" {self.threshold:g}"
+        return name + (" (lossy)" if self.lossy else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +186,7 @@ class Open:
     """
 
     TYPE: ClassVar[MsgType] = MsgType.OPEN
-    _FMT: ClassVar[struct.Struct] = struct.Struct("<IfIfQB")
+    _FMT: ClassVar[struct.Struct] = struct.Struct("<IfIfQBf")
     tokens: TokenArray
     max_new_tokens: int
     sampling: SamplingParams = field(default_factory=SamplingParams)
@@ -163,20 +194,21 @@ class Open:
     def body(self) -> list[bytes]:
         s = self.sampling
         fixed = self._FMT.pack(
-            self.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed, s.verify
+            self.max_new_tokens, s.temperature, s.top_k, s.top_p, s.seed, s.verify, s.threshold
         )
         return [fixed, _tokens_to_frame(self.tokens)]
 
     @classmethod
     def parse(cls, frames: list[bytes], limits: Limits) -> Open:
         _check_frames(frames, 2, "OPEN")
-        max_new, temp, top_k, top_p, seed, verify = _unpack(cls._FMT, frames[0], "OPEN")
+        max_new, temp, top_k, top_p, seed, verify, threshold = _unpack(
+            cls._FMT, frames[0], "OPEN")
         if max_new > limits.max_new_tokens:
             raise LimitExceeded(f"max_new_tokens {max_new} exceeds {limits.max_new_tokens}")
         tokens = _tokens_from_frame(frames[1], limits.max_prompt_tokens, limits, "OPEN tokens")
         if len(tokens) == 0:
             raise MalformedFrame("OPEN: empty prompt")
-        return cls(tokens, max_new, SamplingParams(temp, top_k, top_p, seed, verify))
+        return cls(tokens, max_new, SamplingParams(temp, top_k, top_p, seed, verify, threshold))
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,27 +229,94 @@ class Opened:
 
 
 @dataclass(frozen=True, slots=True)
+class SparseQ:
+    """The exact distribution q each draft token was sampled from, one sparse row a position.
+
+    Position i lists ``counts[i]`` (id, probability) pairs, flattened over positions in
+    ``ids`` and ``probs``; q_i is those float32 values divided by their sum (taken in
+    float64), exactly what the drafter sampled from. Ids outside the support have q = 0.
+    """
+
+    counts: TokenArray  # (k,) support size of each drafted position
+    ids: TokenArray  # (sum(counts),)
+    probs: ProbArray  # (sum(counts),) float32, each in (0, 1]
+
+    def row(self, i: int) -> tuple[TokenArray, ProbArray]:
+        """Position ``i``'s support ids and probabilities (views, no copies)."""
+        start = int(self.counts[:i].sum())
+        end = start + int(self.counts[i])
+        return self.ids[start:end], self.probs[start:end]
+
+    @property
+    def nbytes(self) -> int:
+        return 4 * (len(self.counts) + len(self.ids) + len(self.probs))
+
+
+def check_sparse_q(tokens: TokenArray, q: SparseQ, limits: Limits) -> None:
+    """Refuse a q that is not a distribution over distinct ids holding its drafted token."""
+    if len(q.counts) != len(tokens):
+        raise MalformedFrame(f"DRAFT q: {len(q.counts)} supports for {len(tokens)} tokens")
+    if len(tokens) and (int(q.counts.min()) < 1 or int(q.counts.max()) > limits.max_q_support):
+        raise LimitExceeded(f"DRAFT q: support sizes must be in 1..{limits.max_q_support}")
+    total = int(q.counts.sum())
+    if len(q.ids) != total or len(q.probs) != total:
+        raise MalformedFrame(f"DRAFT q: {len(q.ids)} ids and {len(q.probs)} probabilities "
+                             f"for supports of {total} in all")
+    if total and not (np.isfinite(q.probs).all() and (q.probs > 0).all()
+                      and (q.probs <= 1).all()):
+        raise BadDistribution("DRAFT q: probabilities must be finite and in (0, 1]")
+    for i, token in enumerate(tokens.tolist()):
+        ids, probs = q.row(i)
+        mass = float(probs.sum(dtype=np.float64))
+        if abs(mass - 1.0) > Q_SUM_TOLERANCE:
+            raise BadDistribution(f"DRAFT q: position {i} sums to {mass:.6f}, not 1")
+        if len(np.unique(ids)) != len(ids):
+            raise BadDistribution(f"DRAFT q: position {i} lists a token id twice")
+        if token not in ids:
+            raise BadDistribution(
+                f"DRAFT q: drafted token {token} at position {i} is not in its own support")
+
+
+@dataclass(frozen=True, slots=True)
 class Draft:
     """Client → daemon: draft tokens continuing the session's verified ``base_length`` tokens.
 
     ``base_length`` lets the daemon refuse a draft built on a position it does not hold
     (a lost or repeated round) instead of verifying it against the wrong context.
+    Without ``q`` the draft was deterministic (the draft model's argmax): q is one-hot at
+    each drafted token. With ``q`` (two frames more) it was sampled from that sparse q.
     """
 
     TYPE: ClassVar[MsgType] = MsgType.DRAFT
     _FMT: ClassVar[struct.Struct] = struct.Struct("<I")
     base_length: int
     tokens: TokenArray
+    q: SparseQ | None = None
 
     def body(self) -> list[bytes]:
-        return [self._FMT.pack(self.base_length), _tokens_to_frame(self.tokens)]
+        frames = [self._FMT.pack(self.base_length), _tokens_to_frame(self.tokens)]
+        if self.q is not None:
+            frames += [_tokens_to_frame(self.q.counts), _tokens_to_frame(self.q.ids),
+                       np.ascontiguousarray(self.q.probs, dtype=_F32).tobytes()]
+        return frames
 
     @classmethod
     def parse(cls, frames: list[bytes], limits: Limits) -> Draft:
-        _check_frames(frames, 2, "DRAFT")
+        if len(frames) not in (2, 5):
+            raise MalformedFrame(f"DRAFT: expected 2 or 5 body frames, got {len(frames)}")
         (base,) = _unpack(cls._FMT, frames[0], "DRAFT")
         tokens = _tokens_from_frame(frames[1], limits.max_draft_tokens, limits, "DRAFT tokens")
-        return cls(base, tokens)
+        if len(frames) == 2:
+            return cls(base, tokens)
+        most = limits.max_draft_tokens * limits.max_q_support
+        counts = _tokens_from_frame(frames[2], limits.max_draft_tokens, limits, "DRAFT q sizes")
+        ids = _tokens_from_frame(frames[3], most, limits, "DRAFT q ids")
+        if len(frames[4]) % 4:
+            raise MalformedFrame("DRAFT q probabilities: not a whole number of float32")
+        probs = np.frombuffer(frames[4], dtype=_F32).astype(np.float32, copy=False)
+        q = SparseQ(counts, ids, probs)
+        check_sparse_q(tokens, q, limits)
+        return cls(base, tokens, q)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ class ErrorCode(IntEnum):
     LIMIT_EXCEEDED = 10
     UNSUPPORTED = 11
     INTERNAL = 12
+    BAD_DISTRIBUTION = 13
 
 
 class WireError(Exception):
@@ -76,6 +77,13 @@ class LimitExceeded(WireError):
 
 class Unsupported(WireError):
     code = ErrorCode.UNSUPPORTED
+
+
+class BadDistribution(WireError):
+    """A draft distribution q that is not one: wrong sum, duplicate ids, or the drafted token
+    missing from its own support. Verifying against it would silently skew the output."""
+
+    code = ErrorCode.BAD_DISTRIBUTION
 
 
 # Every typed error defined above, by its code (derived, so a new class cannot be forgotten).

@@ -40,7 +40,11 @@ class MsgType(IntEnum):
 
 
 class VerifyMode(IntEnum):
-    GREEDY = 0
+    """How the daemon judges a draft (per session). Only EXACT is lossless at temperature > 0."""
+
+    EXACT = 0  # rejection sampling (Leviathan et al.); argmax matching at temperature 0
+    GREEDY = 1  # the target's argmax, whatever the temperature: lossy when sampling
+    THRESHOLD = 2  # also accept any draft token with target probability >= a threshold: lossy
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +60,4 @@ class Limits:
     max_text_bytes: int = 65_536
     max_name_bytes: int = 256
     max_eos_ids: int = 16
+    max_q_support: int = 1024  # ids a sparse draft distribution may list per position

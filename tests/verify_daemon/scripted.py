@@ -55,6 +55,10 @@ class ScriptedRunner:
                     rows.append(row)
         return torch.stack(rows) if rows else torch.zeros(0, VOCAB)
 
+    @staticmethod
+    def new_generator() -> torch.Generator:
+        return torch.Generator()
+
     def cached_tokens(self, blocks: list[int], length: int) -> list[int]:
         return [self.pool[int(s)] for s in self.blocks.slots(blocks, 0, length)]
 

@@ -130,7 +130,7 @@ def test_wrong_frame_count():
 
 
 def test_invalid_sampling_params_are_malformed():
-    fixed = struct.pack("<IfIfQB", 8, float("nan"), 0, 1.0, 0, 0)
+    fixed = struct.pack("<IfIfQBf", 8, float("nan"), 0, 1.0, 0, 0, 0.0)
     frames = [encode(Open(np.array([1], dtype=np.int32), 8))[0], fixed, b"\1\0\0\0"]
     with pytest.raises(MalformedFrame, match="temperature"):
         decode(frames)
