@@ -45,7 +45,6 @@ from edgespec.wire.errors import (
     UnknownSession,
     Unsupported,
 )
-
 from edgespec.wire.protocol import VerifyMode
 
 log = logging.getLogger(__name__)
