@@ -136,3 +136,25 @@ def test_same_seed_same_tokens_while_other_sessions_run(client, daemon, draft_gg
         other.close()
     assert second == first
     assert _run(client, prompt, 43, 40) != first
+
+
+def test_generate_cli_prompt_lines_carry_their_own_sampling(daemon, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    lines = [{"id": "a", "prompt": "Name a fruit.", "seed": 7},
+             {"id": "b", "prompt": "Name a fruit.", "seed": 7},
+             {"id": "c", "prompt": "Name a fruit.", "seed": 7, "verify": "greedy"},
+             {"id": "d", "prompt": "Name a fruit.", "temperature": 0}]
+    prompt_file = tmp_path / "p.jsonl"
+    prompt_file.write_text("\n".join(json.dumps(x) for x in lines))
+    cmd = [sys.executable, "-m", "edgespec.edge_client.cli", "generate", "--server",
+           daemon.endpoint, "--prompt-file", str(prompt_file), "--json", "--threads", "1",
+           "--max-tokens", "16", "--temperature", "0.9", "--top-p", "0.95"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    a, b, c, d = (json.loads(x) for x in done.stdout.splitlines() if x.strip())
+    assert a["token_ids"] == b["token_ids"] and a["stats"]["seed"] == 7
+    assert a["stats"]["verify"] == "exact" and c["stats"]["verify"] == "greedy (lossy)"
+    assert d["stats"]["seed"] == 0 and d["stats"]["bytes_per_round"] > 0
