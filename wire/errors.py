@@ -20,6 +20,8 @@ class ErrorCode(IntEnum):
     LIMIT_EXCEEDED = 10
     UNSUPPORTED = 11
     INTERNAL = 12
+    STALE_EPOCH = 13
+    RATE_LIMITED = 14
 
 
 class WireError(Exception):
@@ -70,6 +72,18 @@ class LimitExceeded(WireError):
 
 class Unsupported(WireError):
     code = ErrorCode.UNSUPPORTED
+
+
+class StaleEpoch(WireError):
+    """A message from a connection the client has since replaced: refused, never applied."""
+
+    code = ErrorCode.STALE_EPOCH
+
+
+class RateLimited(WireError):
+    """This connection sent more requests per second than the daemon's ``--max-rate``."""
+
+    code = ErrorCode.RATE_LIMITED
 
 
 # Every typed error defined above, by its code (derived, so a new class cannot be forgotten).
