@@ -97,8 +97,8 @@ class Engine:
         if len(tokens) >= self.max_context:
             raise LimitExceeded(f"{len(tokens)} tokens exceed the context of {self.max_context}")
         old = self.sessions.get(sid)
-        if old is not None and old.peer != peer:
-            raise UnknownSession(f"session {sid:#x} belongs to another connection")
+        if old is not None and old.peer != peer:  # a reconnect (the server refused stale epochs)
+            log.info("session %#x moves to a new connection", sid)
         if old is None and len(self.sessions) >= self.config.max_sessions:
             raise Overloaded(f"server full: {len(self.sessions)} sessions; retry later")
         now = time.monotonic()

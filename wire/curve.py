@@ -32,7 +32,7 @@ class KeyPair:
 
 
 def keygen(directory: Path | str, name: str = SERVER_NAME) -> tuple[Path, Path]:
-    """Create ``NAME.key`` and ``NAME.key_secret`` in ``directory``; the secret is 0600 from birth."""
+    """Create ``NAME.key`` and ``NAME.key_secret`` in ``directory``; the secret 0600 from birth."""
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
     public, secret = folder / f"{name}.key", folder / f"{name}.key_secret"
