@@ -231,7 +231,9 @@ class Link:
             elif event & (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
                           | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
                 self.handshake_failure = event
-                if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                # Final at once: an explicit refusal, or any failure before the first WELCOME;
+                # while recovering, a handshake torn by a dying daemon is only retried.
+                if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH or self._fingerprint is None:
                     self._raise_handshake_failure()
 
     def _raise_handshake_failure(self) -> None:
