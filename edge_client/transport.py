@@ -115,6 +115,11 @@ class Link:
         self._down = False
         self._open_socket()
 
+    @property
+    def down(self) -> bool:
+        """True after the daemon stayed away past ``reconnect_for_s`` (until a retry works)."""
+        return self._down
+
     # ------------------------------------------------------------ socket lifecycle
 
     def _open_socket(self) -> None:
