@@ -158,8 +158,15 @@ class Link:
         """Send ``msg``; return the request id to wait for."""
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         frames = encode(msg, session, self._seq, self.epoch)
+        try:  # never block: a DEALER whose handshake failed has no pipe to queue on
+            self.socket.send_multipart(frames, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            self._read_monitor(recover=False)  # raises the handshake failure, if that is why
+            if self._fingerprint is None:
+                raise LinkLost(f"cannot queue a request for {self.endpoint}") from None
+            self._down = True  # the next wait or poll reconnects
+            return self._seq
         self.bytes_sent += sum(len(f) for f in frames)
-        self.socket.send_multipart(frames, copy=False)
         return self._seq
 
     def poll(self, seq: int) -> Message | None:

@@ -21,6 +21,8 @@ class EpochGuard:
         self.refused = 0
 
     def check(self, sid: int, epoch: int) -> None:
+        if sid == 0:
+            return  # HELLO and PING name no session
         known = self.epochs.get(sid)
         if known is not None and epoch_is_older(epoch, known):
             self.refused += 1
@@ -28,6 +30,8 @@ class EpochGuard:
 
     def opened(self, sid: int, epoch: int) -> None:
         """Recorded only once an OPEN succeeded, so failed opens cannot grow the table."""
+        if sid == 0:
+            return
         self.epochs[sid] = epoch
 
     def prune(self, is_live: Callable[[int], bool]) -> None:

@@ -63,7 +63,7 @@ def test_kill9_mid_answer_and_restart_twice_keeps_every_token(restartable, draft
     prompt = list(tokens)
     stats = GenerationStats()
     kills = iter((24, 72))  # generated-token counts after which the daemon dies
-    next_kill = next(kills)
+    next_kill: int | None = next(kills)
     killers: list[threading.Thread] = []
 
     def kill_and_restart() -> None:
