@@ -142,3 +142,36 @@ def test_daemon_that_never_comes_back_gives_up_clearly_then_retry_continues(
     finally:
         client.close()
     check_exact(prompt, tokens[len(prompt):], 64)
+
+
+def test_chat_says_unreachable_keeps_the_conversation_and_retry_finishes(restartable):
+    import os
+    import subprocess
+    import sys
+
+    chat = subprocess.Popen(
+        [sys.executable, "-m", "edgespec.edge_client.cli", "chat", "--server",
+         restartable.endpoint, "--max-tokens", "24", "--threads", "1", "--heartbeat", "0.5",
+         "--connect-timeout", "2", "--reconnect-for", "3"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+    assert chat.stdin is not None and chat.stdout is not None
+    try:
+        assert "edgespec" in chat.stdout.readline()  # connected, banner shown
+        restartable.proc.kill()
+        chat.stdin.write("Name three colours.\n")
+        chat.stdin.flush()
+        seen = ""
+        deadline = time.monotonic() + 60
+        while "unreachable" not in seen and time.monotonic() < deadline:
+            seen += chat.stdout.readline()
+        assert "unreachable" in seen and "/retry" in seen, seen
+        restartable.start()
+        out, err = chat.communicate("/retry\n/quit\n", timeout=120)
+    finally:
+        if chat.poll() is None:
+            chat.kill()
+    assert chat.returncode == 0, err
+    answer = out.split("bot>")[-1]
+    assert "error" not in answer and "unreachable" not in answer
+    assert len(answer.split("acceptance")[0].strip()) > 10, out  # the answer was finished
