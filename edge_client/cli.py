@@ -38,15 +38,37 @@ def _common(fn: Any) -> Any:
                      help="Model cache [default: ~/.cache/edgespec]."),
         click.option("--trace", "trace_path", type=click.Path(dir_okay=False), default=None,
                      help="Record each session and round as JSON lines (for tools/replay)."),
+        click.option("--server-key", default=None,
+                     help="The daemon's CurveZMQ public key: its server.key file or the "
+                          "40-character Z85 string (encrypts and authenticates the link)."),
+        click.option("--client-key", default=None, type=click.Path(dir_okay=False),
+                     help="Our own .key_secret (from `verifyd keygen DIR --name NAME`), for a "
+                          "daemon with an allow-list [default: a fresh key per run]."),
+        click.option("--heartbeat", type=float, default=1.0, show_default=True,
+                     help="Seconds between heartbeats; a daemon silent for 3 is dropped."),
+        click.option("--connect-timeout", type=float, default=10.0, show_default=True,
+                     help="Seconds a connection attempt (HELLO) may take."),
+        click.option("--reconnect-for", type=float, default=60.0, show_default=True,
+                     help="Seconds to keep reconnecting to a lost daemon before giving up."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
+LINK_OPTIONS = ("server_key", "client_key", "heartbeat", "connect_timeout", "reconnect_for")
+
+
+def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(sampling options, link options) from one command's extra keyword arguments."""
+    link = {name: options.pop(name) for name in LINK_OPTIONS}
+    return options, link
+
+
 def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
-            pipeline: bool, timeout: float, cache_dir: str | None,
-            seeded: bool = False) -> ClientConfig:
+            pipeline: bool, timeout: float, cache_dir: str | None, server_key: str | None,
+            client_key: str | None, heartbeat: float, connect_timeout: float,
+            reconnect_for: float, seeded: bool = False) -> ClientConfig:
     from edgespec.models.paths import default_cache_dir, resolve_draft
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -54,6 +76,8 @@ def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fix
         server=server, draft_path=str(resolve_draft(draft, cache)),
         threads=threads or default_threads(), draft_tokens=draft_tokens,
         adaptive=not fixed_k, pipeline=pipeline, timeout_s=timeout, timed_k=not seeded,
+        server_key=server_key, client_key=client_key, heartbeat_s=heartbeat,
+        connect_timeout_s=connect_timeout, reconnect_for_s=reconnect_for,
     )
 
 
@@ -63,7 +87,7 @@ def _connect(config: ClientConfig) -> Any:
 
     try:
         return EdgeClient(config)
-    except WireError as exc:
+    except (WireError, ValueError) as exc:  # ValueError: an unusable key
         raise click.ClickException(f"cannot use {config.server}: {exc}") from exc
 
 
@@ -109,15 +133,16 @@ def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fi
              pipeline: bool, timeout: float, cache_dir: str | None, trace_path: str | None,
              prompt: str | None,
              prompt_file: str | None, raw: bool, max_tokens: int, as_json: bool,
-             **sampling: Any) -> None:
+             **options: Any) -> None:
     """Answer prompts non-interactively."""
     from edgespec.wire.errors import WireError
 
     if (prompt is None) == (prompt_file is None):
         raise click.UsageError("give exactly one of --prompt and --prompt-file")
-    options = SamplingOptions(**sampling)
+    sampling, link = _split_options(options)
+    opts = SamplingOptions(**sampling)
     config = _config(server, draft, threads, draft_tokens, fixed_k, pipeline, timeout,
-                     cache_dir)
+                     cache_dir, **link)
     client = _connect(config)
     failed = 0
     with _open_trace(trace_path) as trace:
@@ -129,7 +154,7 @@ def generate(server: str, draft: str, threads: int | None, draft_tokens: int, fi
                 try:
                     result.update(
                         _answer_prompt(client, item, raw, draft_tokens, max_tokens, trace,
-                                       options))
+                                       opts))
                 except (WireError, ValueError, TypeError) as exc:
                     result["error"] = f"{type(exc).__name__}: {exc}"
             failed += "error" in result
@@ -205,18 +230,19 @@ def _emit(result: dict[str, Any], as_json: bool) -> None:
 @click_options
 def chat(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
          pipeline: bool, timeout: float, cache_dir: str | None, trace_path: str | None,
-         max_tokens: int, system: str | None, **sampling: Any) -> None:
-    """Chat in the terminal; /reset, /stats, /quit."""
+         max_tokens: int, system: str | None, **options: Any) -> None:
+    """Chat in the terminal; /reset, /retry, /stats, /quit."""
     from edgespec.edge_client.chat_ui import run_chat
     from edgespec.wire.errors import WireError
 
-    options = SamplingOptions(**sampling)
+    sampling, link = _split_options(options)
+    opts = SamplingOptions(**sampling)
     try:
-        resolved = options.resolve()
+        resolved = opts.resolve()
     except (ValueError, WireError) as exc:
         raise click.UsageError(str(exc)) from exc
     config = _config(server, draft, threads, draft_tokens, fixed_k, pipeline, timeout,
-                     cache_dir, seeded=options.seeded)
+                     cache_dir, seeded=opts.seeded, **link)
     client = _connect(config)
     with _open_trace(trace_path) as trace:
         run_chat(client, max_tokens, system, trace, resolved)

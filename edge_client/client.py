@@ -13,9 +13,10 @@ from edgespec.edge_client.sampling_setup import Sampling
 from edgespec.edge_client.spec_loop import speculate
 from edgespec.edge_client.stats import GenerationStats
 from edgespec.edge_client.trace import TraceWriter
-from edgespec.edge_client.transport import Link, new_session_id
+from edgespec.edge_client.transport import Link, Liveness, new_session_id
 from edgespec.models.fingerprint import describe_mismatch, fingerprint_llama
 from edgespec.wire.codec import Close
+from edgespec.wire.curve import CurveClient
 from edgespec.wire.errors import ModelMismatch, WireError
 
 __all__ = ["EdgeClient", "new_session_id"]
@@ -26,7 +27,10 @@ class EdgeClient:
         self.config = config
         self.drafter = Drafter(config.draft_path, n_ctx=config.n_ctx, n_threads=config.threads)
         self.fingerprint = fingerprint_llama(self.drafter.llm)
-        self.link = Link(config.server, timeout_s=config.timeout_s)
+        self.link = Link(config.server, timeout_s=config.timeout_s, curve=_curve(config),
+                         liveness=Liveness(heartbeat_s=config.heartbeat_s,
+                                           connect_timeout_s=config.connect_timeout_s,
+                                           reconnect_for_s=config.reconnect_for_s))
         self.welcome = self.link.hello(self.fingerprint)
         if self.welcome.fingerprint != self.fingerprint:
             raise ModelMismatch(
@@ -65,6 +69,7 @@ class EdgeClient:
         sampling = sampling or Sampling()
         self.drafter.sampling = sampling.draft
         stats.verify, stats.seed = sampling.verify_label, sampling.target.seed
+        self.link.notify = on_wait
         return speculate(
             self.drafter, self.link, session_id, tokens, max_new_tokens,
             policy or self.policy, self.stop_ids, stats,
@@ -74,9 +79,20 @@ class EdgeClient:
 
     def end_session(self, session_id: int) -> None:
         """Free the daemon's copy; ours is the truth, so failure here loses nothing."""
+        if self.link.down:
+            return  # unreachable: its copy expires on its own
         with contextlib.suppress(WireError):  # best effort: the daemon expires idle ones
-            self.link.request(Close(), session_id, timeout_s=5.0)
+            self.link.request(Close(), session_id, timeout_s=5.0, recover=False)
 
     def text(self, tokens: list[int]) -> str:
         visible = [t for t in tokens if t not in self.stop_ids]
         return self.drafter.detokenize(visible).decode("utf-8", "replace")
+
+
+def _curve(config: ClientConfig) -> CurveClient | None:
+    """CURVE when a server key was given (``BadKey`` for an unusable one)."""
+    if config.server_key is None:
+        if config.client_key is not None:
+            raise ValueError("--client-key needs --server-key")
+        return None
+    return CurveClient.create(config.server_key, config.client_key)

@@ -22,6 +22,11 @@ class ClientConfig:
     pipeline: bool = True  # keep drafting while a verdict is in flight
     timed_k: bool = True  # let timings steer k; off for seeded sampling (same k, same tokens)
     timeout_s: float = 120.0
+    server_key: str | None = None  # the daemon's CURVE public key (file or Z85); None = plain
+    client_key: str | None = None  # our own .key_secret for an allow-listed daemon
+    heartbeat_s: float = 1.0  # a dead daemon is noticed within 3 heartbeats
+    connect_timeout_s: float = 10.0
+    reconnect_for_s: float = 60.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.draft_tokens <= 64:

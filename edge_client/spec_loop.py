@@ -16,7 +16,7 @@ from edgespec.edge_client.draft_length import DraftLength
 from edgespec.edge_client.drafter import Drafter
 from edgespec.edge_client.stats import GenerationStats
 from edgespec.edge_client.trace import TraceWriter, open_record, round_record
-from edgespec.edge_client.transport import Link, expect
+from edgespec.edge_client.transport import Link, Reconnected, expect
 from edgespec.wire.codec import Draft, Open, Opened, SamplingParams, Verdict
 from edgespec.wire.errors import Overloaded, UnknownSession
 
@@ -82,10 +82,13 @@ def speculate(
                     reply = link.poll(seq)
                 drafted_at = time.perf_counter()
                 verdict = reply if reply is not None else link.wait(seq)
-            except UnknownSession:  # the daemon lost us: rebuild it from our own history
+            except UnknownSession as exc:  # lost us, or a new connection: rebuild from history
                 open_seq = _send_open(link, session_id, tokens, max_new_tokens - generated, trace,
                                       sampling)
                 opened, ahead = False, []
+                if isinstance(exc, Reconnected):  # bounded by the link's reconnect_for_s
+                    stats.reconnects += 1
+                    continue
                 stats.reopens += 1
                 if stats.reopens > MAX_REOPENS:
                     raise
@@ -151,6 +154,10 @@ def _await_open(link: Link, seq: int, session_id: int, tokens: list[int], max_ne
     while True:
         try:
             reply = link.wait(seq)
+        except Reconnected:  # the OPEN was lost with the old connection: send it again
+            stats.reconnects += 1
+            seq = link.send(Open(list(tokens), max_new, sampling), session_id)
+            continue
         except Overloaded as exc:
             hint = exc.retry_after_ms / 1000.0
             wait = (hint or delay) * (0.75 + 0.5 * random.random())

@@ -21,6 +21,7 @@ class GenerationStats:
     ahead_drafted: int = 0  # tokens drafted while a verdict was in flight
     ahead_used: int = 0  # ... of which became the head of the next draft
     reopens: int = 0
+    reconnects: int = 0  # new connections after a dead, stalled or restarted daemon
     bytes_sent: int = 0
     bytes_received: int = 0
     verify: str = "exact"  # the daemon's verification strategy; "(lossy)" when it is

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +18,11 @@ class DaemonProcess:
     endpoint: str
     log: Path
 
+    def kill(self) -> None:
+        """kill -9: no goodbye, no flushed sockets, as a crash or a pulled plug."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -26,10 +33,18 @@ class DaemonProcess:
                 self.process.wait()
 
 
+def free_port() -> int:
+    """A loopback port free right now, for a daemon that must restart on the same port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def start_daemon(target: Path | str, log: Path, *extra: str, threads: int = 2,
-                 timeout_s: float = 180.0) -> DaemonProcess:
-    """Start ``verifyd --port 0`` and wait for its ready line, which names the endpoint."""
-    cmd = [sys.executable, "-m", "edgespec.verify_daemon.cli", "--port", "0",
+                 timeout_s: float = 180.0, port: int = 0) -> DaemonProcess:
+    """Start ``verifyd`` (``port`` 0: any free one) and wait for its ready line, which names
+    the endpoint."""
+    cmd = [sys.executable, "-m", "edgespec.verify_daemon.cli", "--port", str(port),
            "--target", str(target), "--threads", str(threads), "-v", *extra]
     with log.open("w") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)

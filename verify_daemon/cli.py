@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 
 import click
 from edgespec.verify_daemon.config import DaemonConfig
 
 
-@click.command(context_settings={"show_default": True})
+@click.group(invoke_without_command=True, context_settings={"show_default": True})
 @click.option("--port", type=int, default=5557,
               help="TCP port to listen on (0 = any free port, printed when ready).")
 @click.option("--bind", default="127.0.0.1", help="Address to bind (loopback by default).")
@@ -42,12 +43,41 @@ from edgespec.verify_daemon.config import DaemonConfig
               help="Where converted models are cached (default: ~/.cache/edgespec).")
 @click.option("--prepare", is_flag=True,
               help="Only convert and cache the target (with progress), then exit.")
+@click.option("--keys", "keys_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory made by `verifyd keygen`: serve CurveZMQ (encrypted, "
+                   "authenticated) with its server.key_secret.")
+@click.option("--allow", "allow_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory of client public keys (*.key) allowed in (with --keys); "
+                   "re-read when it changes, no restart needed. Default: any client that "
+                   "knows the server key.")
+@click.option("--insecure", is_flag=True,
+              help="Serve plain TCP on a non-loopback address (anyone can connect and read "
+                   "the traffic).")
+@click.option("--max-rate", type=float, default=500.0,
+              help="Requests per second allowed on one connection.")
+@click.option("--max-sessions-per-peer", type=int, default=16,
+              help="Sessions one connection may hold at once.")
+@click.option("--max-msg-size", type=int, default=4 << 20,
+              help="ZMQ_MAXMSGSIZE in bytes: a larger message drops its connection.")
+@click.option("--hwm", type=int, default=1000,
+              help="ZMQ send/receive high-water mark (messages queued per connection).")
+@click.option("--heartbeat", type=float, default=2.0,
+              help="Seconds between ZMTP heartbeats to each client.")
+@click.option("--heartbeat-timeout", type=float, default=6.0,
+              help="Seconds of silence before a client's connection is dropped.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every error reply.")
-def main(port: int, bind: str, target: str, device: str, dtype: str, threads: int,
-         max_sessions: int, max_draft: int, max_context: int, kv_budget: str,
+@click.pass_context
+def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dtype: str,
+         threads: int, max_sessions: int, max_draft: int, max_context: int, kv_budget: str,
          step_tokens: int, block_size: int, batch_window_ms: float, session_idle: float,
-         stats_file: str | None, cache_dir: str | None, prepare: bool, verbose: bool) -> None:
-    """Verify edge clients' drafts with the full target model."""
+         stats_file: str | None, cache_dir: str | None, prepare: bool, keys_dir: str | None,
+         allow_dir: str | None, insecure: bool, max_rate: float, max_sessions_per_peer: int,
+         max_msg_size: int, hwm: int, heartbeat: float, heartbeat_timeout: float,
+         verbose: bool) -> None:
+    """Verify edge clients' drafts with the full target model (`verifyd keygen DIR` first
+    makes the keys for an encrypted server)."""
+    if ctx.invoked_subcommand is not None:
+        return
     import signal
     from pathlib import Path
 
@@ -55,11 +85,21 @@ def main(port: int, bind: str, target: str, device: str, dtype: str, threads: in
     from edgespec.models.paths import default_cache_dir
     from edgespec.verify_daemon.config import parse_kv_budget
     from edgespec.verify_daemon.engine import Engine
+    from edgespec.verify_daemon.limits import PeerLimits
     from edgespec.verify_daemon.model_runner import ModelRunner
     from edgespec.verify_daemon.server import Server
+    from edgespec.wire.curve import BadKey
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s verifyd %(levelname)s %(message)s")
+    _check_exposure(bind, keys_dir, allow_dir, insecure)
+    try:
+        peer_limits = PeerLimits(
+            max_rate=max_rate, max_sessions_per_peer=max_sessions_per_peer,
+            max_msg_bytes=max_msg_size, hwm=hwm, heartbeat_s=heartbeat,
+            heartbeat_timeout_s=heartbeat_timeout)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     resolved = resolve_target(None if target == "default" else target, cache)
     if prepare:
@@ -80,7 +120,16 @@ def main(port: int, bind: str, target: str, device: str, dtype: str, threads: in
         raise click.BadParameter(str(exc)) from exc
     runner = ModelRunner(config.target, config.device, config.dtype, config.threads,
                          config.kv_budget_tokens, config.kv_budget_bytes, config.block_size)
-    server = Server(Engine(runner, config), config.endpoint)
+    try:
+        server = Server(Engine(runner, config), config.endpoint, peer_limits=peer_limits,
+                        keys_dir=Path(keys_dir) if keys_dir else None,
+                        allow_dir=Path(allow_dir) if allow_dir else None)
+    except BadKey as exc:
+        raise click.ClickException(str(exc)) from exc
+    if keys_dir:
+        click.echo(f"verifyd: CURVE on, server key {server.curve.keys.public.decode()}"
+                   + (f", clients allowed from {allow_dir}" if allow_dir else
+                      ", any client that knows the server key"), err=True)
     # SIGTERM ends the loop like Ctrl-C, so the last counters reach the stats file.
     signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):
@@ -89,6 +138,48 @@ def main(port: int, bind: str, target: str, device: str, dtype: str, threads: in
 
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _is_loopback(bind: str) -> bool:
+    if bind == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bind.strip("[]")).is_loopback
+    except ValueError:
+        return False  # "*", a hostname or an interface name: assume it is reachable
+
+
+def _check_exposure(bind: str, keys_dir: str | None, allow_dir: str | None,
+                    insecure: bool) -> None:
+    """Secure by default: plain TCP only on loopback, unless the operator insists."""
+    if allow_dir and not keys_dir:
+        raise click.UsageError("--allow needs --keys (the allow-list is checked by CURVE)")
+    if keys_dir or _is_loopback(bind):
+        return
+    if not insecure:
+        raise click.UsageError(
+            f"refusing to serve {bind} without encryption: run `verifyd keygen DIR` and pass "
+            "--keys DIR (or --insecure to serve plain TCP to anyone who can reach it)")
+    click.secho(f"WARNING: verifyd serves {bind} UNENCRYPTED and UNAUTHENTICATED (--insecure): "
+                "anyone who can reach this port can use the model and read every prompt.",
+                fg="red", bold=True, err=True)
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--name", default="server", show_default=True,
+              help="Key name: NAME.key (public, give it out) and NAME.key_secret (mode 0600).")
+def keygen(directory: str, name: str) -> None:
+    """Create a CurveZMQ key pair in DIRECTORY (the server's, or a client's with --name)."""
+    from edgespec.wire.curve import BadKey, load_public_key
+    from edgespec.wire.curve import keygen as make_keys
+
+    try:
+        public, secret = make_keys(directory, name)
+    except BadKey as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"public key  {public}  ({load_public_key(str(public)).decode()})")
+    click.echo(f"secret key  {secret}  (mode 0600: keep it on this machine)")
 
 
 if __name__ == "__main__":

@@ -120,8 +120,9 @@ class Engine:
             raise LimitExceeded(f"{len(tokens)} tokens exceed the context of {self.max_context}")
         self._check_fits(len(tokens))
         old = self.sessions.get(sid)
-        if old is not None and old.peer != peer:
-            raise UnknownSession(f"session {sid:#x} belongs to another connection")
+        if old is not None and old.peer != peer:  # a reconnect (the server refused stale epochs)
+            log.info("session %#x moves to a new connection", sid)
+            old.peer = peer
         now = time.monotonic()
         if old is not None:
             self.scheduler.done(old)  # a re-open supersedes whatever was in flight

@@ -448,6 +448,7 @@ class Envelope:
     session: int
     seq: int
     msg: Message
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,19 +456,20 @@ class Header:
     msg_type: int
     session: int
     seq: int
+    epoch: int = 0
 
 
-def encode(msg: Message, session: int = 0, seq: int = 0) -> list[bytes]:
+def encode(msg: Message, session: int = 0, seq: int = 0, epoch: int = 0) -> list[bytes]:
     """Frames for ``msg``; send with ``socket.send_multipart``."""
-    return [HEADER.pack(MAGIC, VERSION, int(msg.TYPE), 0, session, seq), *msg.body()]
+    return [HEADER.pack(MAGIC, VERSION, int(msg.TYPE), epoch, session, seq), *msg.body()]
 
 
 def peek_header(frames: list[bytes]) -> Header | None:
     """Best-effort header read, used only to address an error reply to a bad message."""
     if not frames or len(frames[0]) != HEADER.size:
         return None
-    magic, _version, mtype, _flags, session, seq = HEADER.unpack(frames[0])
-    return Header(mtype, session, seq) if magic == MAGIC else None
+    magic, _version, mtype, epoch, session, seq = HEADER.unpack(frames[0])
+    return Header(mtype, session, seq, epoch) if magic == MAGIC else None
 
 
 def decode(frames: list[bytes], limits: Limits = DEFAULT_LIMITS) -> Envelope:
@@ -479,18 +481,16 @@ def decode(frames: list[bytes], limits: Limits = DEFAULT_LIMITS) -> Envelope:
     for frame in frames:
         if len(frame) > limits.max_frame_bytes:
             raise FrameTooLarge(f"frame of {len(frame)} bytes exceeds {limits.max_frame_bytes}")
-    magic, version, mtype, flags, session, seq = _unpack(HEADER, frames[0], "header")
+    magic, version, mtype, epoch, session, seq = _unpack(HEADER, frames[0], "header")
     if magic != MAGIC:
         raise MalformedFrame("bad magic: not an edgespec message")
     if version != VERSION:
         raise VersionMismatch(f"protocol version {version}, this side speaks {VERSION}")
-    if flags:
-        raise MalformedFrame(f"reserved flags set: {flags:#x}")
     try:
         cls = _PARSERS[MsgType(mtype)]
     except (ValueError, KeyError) as exc:
         raise MalformedFrame(f"unknown message type {mtype}") from exc
-    return Envelope(session, seq, cls.parse(list(frames[1:]), limits))
+    return Envelope(session, seq, cls.parse(list(frames[1:]), limits), epoch)
 
 
 def error_reply(code: ErrorCode, message: str) -> Error:

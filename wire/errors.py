@@ -21,6 +21,8 @@ class ErrorCode(IntEnum):
     UNSUPPORTED = 11
     INTERNAL = 12
     BAD_DISTRIBUTION = 13
+    STALE_EPOCH = 14
+    RATE_LIMITED = 15
 
 
 class WireError(Exception):
@@ -84,6 +86,18 @@ class BadDistribution(WireError):
     missing from its own support. Verifying against it would silently skew the output."""
 
     code = ErrorCode.BAD_DISTRIBUTION
+
+
+class StaleEpoch(WireError):
+    """A message from a connection the client has since replaced: refused, never applied."""
+
+    code = ErrorCode.STALE_EPOCH
+
+
+class RateLimited(WireError):
+    """This connection sent more requests per second than the daemon's ``--max-rate``."""
+
+    code = ErrorCode.RATE_LIMITED
 
 
 # Every typed error defined above, by its code (derived, so a new class cannot be forgotten).

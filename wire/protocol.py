@@ -5,9 +5,14 @@ Every message is a ZeroMQ multipart message. Frame 0 is a fixed 20-byte header::
     magic  4s  b"ESPD"
     version u8
     type    u8  (MsgType)
-    flags   u16 (reserved, must be 0)
+    epoch   u16 (the client's connection epoch; a reply echoes it; version 2)
     session u64 (chosen by the client, random)
     seq     u32 (request id; a reply echoes it)
+
+The epoch counts the client's reconnections (mod 2**16). The daemon remembers, per session,
+the epoch of the OPEN that last (re)built it and refuses anything older: a message queued on a
+connection the client has since abandoned (a stalled daemon waking up) can never act on a
+session the client rebuilt over a new connection.
 
 The remaining frames are per type: one little-endian struct of fixed fields, then raw
 little-endian arrays (int32 token ids, float32 probabilities) or UTF-8 strings.
@@ -20,7 +25,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 MAGIC = b"ESPD"
-VERSION = 1
+VERSION = 2  # 2: the reserved u16 of version 1 carries the connection epoch
 HEADER = struct.Struct("<4sBBHQI")
 FINGERPRINT_BYTES = 32
 
@@ -61,3 +66,8 @@ class Limits:
     max_name_bytes: int = 256
     max_eos_ids: int = 16
     max_q_support: int = 1024  # ids a sparse draft distribution may list per position
+
+
+def epoch_is_older(epoch: int, than: int) -> bool:
+    """Serial-number order on u16 (RFC 1982): true when ``epoch`` comes before ``than``."""
+    return 0 < (than - epoch) % 0x10000 < 0x8000

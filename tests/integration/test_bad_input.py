@@ -14,7 +14,7 @@ import zmq
 from edgespec.tools.prompts import CHAT_PROMPTS
 from edgespec.wire.codec import Draft, Error, Open, Ping, Pong, decode, encode
 from edgespec.wire.errors import ErrorCode
-from edgespec.wire.protocol import HEADER, MAGIC, MsgType
+from edgespec.wire.protocol import HEADER, MAGIC, VERSION, MsgType
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def bad_frames(vocab_limit: int) -> list[tuple[str, list[bytes], ErrorCode]]:
     huge = encode(Draft(0, np.zeros(4096, dtype=np.int32)), session=77, seq=2)
     oov = encode(Open(np.array([1, vocab_limit + 5], dtype=np.int32), 8), session=78, seq=3)
     unknown_session = encode(Draft(3, np.array([1], dtype=np.int32)), session=999, seq=4)
-    unknown_type = [HEADER.pack(MAGIC, 1, 99, 0, 0, 6)]
+    unknown_type = [HEADER.pack(MAGIC, VERSION, 99, 0, 0, 6)]
     garbage = [b"GET / HTTP/1.1\r\n\r\n"]
     return [
         ("truncated", truncated, ErrorCode.MALFORMED),
@@ -84,14 +84,14 @@ def test_bad_frames_get_errors_while_a_good_client_stays_exact(daemon, check_exa
     check_exact(result["prompt_token_ids"], result["token_ids"], 96)
 
 
-def test_open_with_empty_prompt_and_reserved_flags(daemon):
+def test_open_with_empty_prompt_and_a_version_1_header(daemon):
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(daemon.endpoint)
     try:
         expect_error(sock, encode(Open(np.array([], dtype=np.int32), 4), session=5),
                      ErrorCode.MALFORMED)
-        flagged = [HEADER.pack(MAGIC, 1, int(MsgType.PING), 1, 0, 0), b"\0" * 8]
-        expect_error(sock, flagged, ErrorCode.MALFORMED)
+        version_1 = [HEADER.pack(MAGIC, 1, int(MsgType.PING), 0, 0, 0), b"\0" * 8]
+        expect_error(sock, version_1, ErrorCode.VERSION_MISMATCH)
     finally:
         sock.close(0)

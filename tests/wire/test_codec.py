@@ -32,7 +32,7 @@ from edgespec.wire.errors import (
     WireError,
     error_for_code,
 )
-from edgespec.wire.protocol import HEADER, MAGIC, Limits, MsgType
+from edgespec.wire.protocol import HEADER, MAGIC, VERSION, Limits, MsgType
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -91,7 +91,7 @@ def test_bad_magic_and_unknown_type():
     with pytest.raises(MalformedFrame, match="magic"):
         decode([HEADER.pack(b"HTTP", 1, 10, 0, 0, 0), b"\0" * 8])
     with pytest.raises(MalformedFrame, match="unknown message type"):
-        decode([HEADER.pack(MAGIC, 1, 200, 0, 0, 0)])
+        decode([HEADER.pack(MAGIC, VERSION, 200, 0, 0, 0)])
 
 
 def test_huge_draft_is_refused_before_allocation():
