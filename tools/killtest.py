@@ -17,6 +17,14 @@ from pathlib import Path
 
 from rich.progress import Progress
 
+# Answers that run past 256 tokens, so every kill lands in the middle of one.
+LONG_PROMPTS = [
+    "Write a detailed, 600-word essay on the history of the printing press.",
+    "Explain, step by step and at length, how a compiler turns source code into machine code.",
+    "Write a long story (at least 500 words) about a lighthouse keeper and a storm.",
+    "Describe in detail, with examples, ten habits that help people learn a new language.",
+]
+
 
 def main() -> None:
     from edgespec.edge_client.client import EdgeClient, new_session_id
@@ -25,7 +33,6 @@ def main() -> None:
     from edgespec.models.convert import ensure_target_snapshot
     from edgespec.models.paths import default_cache_dir, default_draft_gguf
     from edgespec.tools.daemon_proc import free_port, start_daemon
-    from edgespec.tools.prompts import CHAT_PROMPTS
     from edgespec.tools.target_alone import TargetAlone
 
     parser = argparse.ArgumentParser(description=__doc__)
@@ -52,10 +59,10 @@ def main() -> None:
         with Progress() as progress:
             task = progress.add_task("kill -9 runs", total=args.runs)
             for i in range(args.runs):
-                prompt_text = CHAT_PROMPTS[i % len(CHAT_PROMPTS)]
+                prompt_text = LONG_PROMPTS[i % len(LONG_PROMPTS)]
                 tokens = client.chat_tokens([{"role": "user", "content": prompt_text}])
                 prompt = list(tokens)
-                delay = rng.uniform(0.5, 8.0)
+                delay = rng.uniform(0.5, 6.0)  # 256 tokens take ~8-10 s: kills land mid-answer
                 box = {"daemon": daemon}
 
                 def kill_and_restart(box: dict = box, delay: float = delay, i: int = i) -> None:
