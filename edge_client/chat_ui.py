@@ -128,6 +128,8 @@ def _answer(console: Console, client: EdgeClient, session_id: int,
         except KeyboardInterrupt:
             note = "[interrupted]"
         live.update(view())
+    if not console.is_terminal:  # piped: Live leaves its last line open; end it for readers
+        console.print()
     _accumulate(totals, stats)
     return client.text(tokens[prompt_length:]), cut_off
 

@@ -154,7 +154,7 @@ def test_chat_says_unreachable_keeps_the_conversation_and_retry_finishes(restart
          restartable.endpoint, "--max-tokens", "24", "--threads", "1", "--heartbeat", "0.5",
          "--connect-timeout", "2", "--reconnect-for", "3"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "1000"})
     assert chat.stdin is not None and chat.stdout is not None
     try:
         assert "edgespec" in chat.stdout.readline()  # connected, banner shown
