@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,12 @@ from edgespec.tools.target_alone import TargetAlone
 
 # Draft and target run at once (pipelined) on this machine in tests: a core each.
 THREADS = int(os.environ.get("EDGESPEC_TEST_THREADS", "1"))
+
+
+@dataclass(frozen=True)
+class TinyModels:
+    draft_gguf: Path
+    target_dir: Path
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +48,26 @@ def target_dir(cache_dir: Path, draft_gguf: Path) -> Path:
 def daemon(target_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
     log = tmp_path_factory.mktemp("verifyd") / "verifyd.log"
     d = start_daemon(target_dir, log, threads=THREADS)
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(cache_dir: Path) -> TinyModels:
+    """The tiny random-weight pair (SmolLM2's tokenizer): cheap enough for many draws."""
+    from edgespec.models.convert import ensure_target_snapshot
+    from edgespec.models.tiny_pair import ensure_tiny_pair
+
+    pair = ensure_tiny_pair(cache_dir)
+    return TinyModels(pair.draft_gguf, ensure_target_snapshot(pair.target_gguf, cache_dir,
+                                                              progress=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_daemon(tiny_pair: TinyModels, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[DaemonProcess]:
+    log = tmp_path_factory.mktemp("verifyd-tiny") / "verifyd.log"
+    d = start_daemon(tiny_pair.target_dir, log, threads=THREADS)
     yield d
     d.stop()
 

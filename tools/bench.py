@@ -5,6 +5,7 @@ ids are not compared (the distributions are: tests/integration/test_sampling.py)
 
     tools/bench [--pairs default,hard] [--sets chat,humaneval] [--sampling] [--json]
     tools/bench batching --sessions 1,4,16,64 [--json]      (see bench_batching.py)
+    tools/bench distribution [--pair default|tiny] [--draws 10000]  (bench_distribution.py)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import click
 from edgespec.edge_client.draft_length import expected_tokens
 from edgespec.tools.bench_batching import batching
+from edgespec.tools.bench_distribution import distribution
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -239,6 +241,7 @@ def main(ctx: click.Context, pairs: str, sets_: str, n: int, max_tokens: int,
 
 
 main.add_command(batching)
+main.add_command(distribution)
 
 if __name__ == "__main__":
     main()

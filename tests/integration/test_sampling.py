@@ -1,17 +1,17 @@
 """Sampling through a real daemon: same distribution as the target alone, seeded reruns equal.
 
-The statistical test draws the first two generated tokens many times through a real
-``verifyd`` and the real llama.cpp draft, and compares their joint distribution with the
-exact one the target alone samples from (``generate``'s own processed scores, not a sample
-of it). Each draw re-opens the same session, so the daemon reuses the prompt's KV and a
-draw costs one or two short rounds. Seeds are fixed, so the test is deterministic.
+The statistical test (``edgespec.tools.distribution``) draws the first two generated tokens
+10,000 times per q mode through a real ``verifyd`` and the real llama.cpp draft, and tests
+their joint distribution against the exact law of the target alone. It runs on the tiny
+random-weight pair (``models/tiny_pair.py``, SmolLM2's tokenizer), where a draw costs
+milliseconds; ``tools/bench distribution`` runs the same check on the real SmolLM2 pair.
+Seeds are fixed, so every run of the test draws the same tokens.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections import Counter
 
 import pytest
 import torch
@@ -19,39 +19,12 @@ from edgespec.edge_client.client import EdgeClient, new_session_id
 from edgespec.edge_client.config import ClientConfig
 from edgespec.edge_client.sampling_setup import SamplingOptions
 from edgespec.edge_client.stats import GenerationStats
+from edgespec.tools.distribution import ALPHA, PROMPT, check_mode, describe, exact_first_two
+from edgespec.tools.target_alone import TargetAlone
 
 pytestmark = pytest.mark.slow
-PROMPT = "My favourite colour is"  # high-entropy next token: blue / a / red
-SETTINGS = dict(temperature=1.0, top_k=3, top_p=1.0)
-# CI default catches gross errors; EDGESPEC_STAT_DRAWS=1500 is the slower, sharper run
-# (about 6 minutes a q mode on the shared 2-core box) recorded in the README.
-DRAWS = int(os.environ.get("EDGESPEC_STAT_DRAWS", "300"))
-
-
-def chi_square(counts: Counter, expected: dict[tuple[int, int], float], n: int
-               ) -> tuple[float, int, float]:
-    """(statistic, degrees of freedom, p-value); cells expecting < 5 draws are pooled."""
-    big = {cell for cell, p in expected.items() if p * n >= 5}
-    observed = [counts[c] for c in big] + [n - sum(counts[c] for c in big)]
-    wanted = [expected[c] * n for c in big] + [n * (1 - sum(expected[c] for c in big))]
-    cells = [(o, e) for o, e in zip(observed, wanted, strict=True) if e > 1e-9]
-    stat = sum((o - e) ** 2 / e for o, e in cells)
-    df = len(cells) - 1
-    p_value = float(torch.special.gammaincc(torch.tensor(df / 2), torch.tensor(stat / 2)))
-    return stat, df, p_value
-
-
-def exact_first_two(target_alone, prompt: list[int], stops: tuple[int, ...]
-                    ) -> dict[tuple[int, int], float]:
-    """P(t1, t2) for the target alone; a stop token as t1 ends the answer (t2 = -1)."""
-    law = {}
-    for t1, p1 in target_alone.next_token_probs(prompt, **SETTINGS).items():
-        if t1 in stops:
-            law[(t1, -1)] = p1
-            continue
-        for t2, p2 in target_alone.next_token_probs([*prompt, t1], **SETTINGS).items():
-            law[(t1, t2)] = p1 * p2
-    return law
+# 10,000 draws see the hardest 2 % error with ~99 % power at ALPHA (the test reports it).
+DRAWS = int(os.environ.get("EDGESPEC_STAT_DRAWS", "10000"))
 
 
 @pytest.fixture(scope="module")
@@ -62,29 +35,32 @@ def client(daemon, draft_gguf):
     c.close()
 
 
+@pytest.fixture(scope="module")
+def tiny_client(tiny_daemon, tiny_pair):
+    c = EdgeClient(ClientConfig(server=tiny_daemon.endpoint,
+                                draft_path=str(tiny_pair.draft_gguf), threads=1, draft_tokens=4))
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_law(tiny_pair, tiny_client):
+    alone = TargetAlone(tiny_pair.target_dir, 1)
+    prompt = tiny_client.drafter.tokenize(PROMPT)
+    return prompt, exact_first_two(alone, prompt, tiny_client.stop_ids)
+
+
 @pytest.mark.parametrize("draft_temperature", [None, 0.0], ids=["sparse_q", "one_hot_q"])
-def test_first_two_tokens_match_the_target_alone(client, target_alone, draft_temperature):
-    prompt = client.drafter.tokenize(PROMPT)
-    want = exact_first_two(target_alone, prompt, client.stop_ids)
-    sid = new_session_id()
-    counts: Counter = Counter()
-    stats = GenerationStats()
-    for seed in range(1, DRAWS + 1):
-        options = SamplingOptions(**SETTINGS, seed=seed, draft_temperature=draft_temperature)
-        tokens = list(prompt)
-        for _ in client.generate(sid, tokens, 2, stats, sampling=options.resolve()):
-            pass
-        got = tokens[len(prompt):]
-        counts[(got[0], got[1] if len(got) > 1 else -1)] += 1
-    client.end_session(sid)
-    stat, df, p_value = chi_square(counts, want, DRAWS)
-    mode = "one-hot" if draft_temperature == 0 else "sparse"
-    print(f"\nfirst two tokens, {DRAWS} draws, q {mode}: chi-square {stat:.2f} on {df} df, "
-          f"p-value {p_value:.4f}; acceptance {stats.acceptance_rate:.1%}, "
-          f"{stats.bytes_per_round:.0f} B/round")
-    assert set(counts) <= set(want), "a token the target alone can never produce"
-    assert stats.drafted > 0 and 0 < stats.accepted < stats.drafted  # both branches ran
-    assert p_value > 1e-3
+def test_first_two_tokens_match_the_target_alone(tiny_client, tiny_law, draft_temperature):
+    prompt, law = tiny_law
+    check, counts = check_mode(tiny_client, law, prompt, DRAWS, draft_temperature)
+    print("\n" + describe(check))
+    assert set(counts) <= set(law), "a token the target alone can never produce"
+    assert 0.05 < check.acceptance_rate < 0.95  # both accept and reject branches ran
+    assert check.p_value > ALPHA
+    if DRAWS >= 10000:  # the sample is big enough to tell a 2 % error apart, and does
+        assert check.power_vs_2pct_error > 0.95
+        assert check.p_value_vs_2pct_error < ALPHA
 
 
 def test_target_probs_are_what_generate_samples_from(target_alone, client):
