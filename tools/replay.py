@@ -220,7 +220,7 @@ class Replayer:
 
     def close(self, link: Link) -> None:
         try:
-            link.request(Close(), self.session_id, timeout_s=5.0)
+            link.request(Close(), self.session_id)  # a loaded daemon answers after its step
         except WireError as exc:
             self.tally.errors[type(exc).__name__] += 1
 
