@@ -28,6 +28,7 @@ import click
 from edgespec.edge_client.trace import TraceError, read_trace
 from edgespec.edge_client.transport import Link, expect, new_session_id
 from edgespec.wire.codec import Close, Draft, Open, Opened, Verdict
+from edgespec.wire.curve import BadKey, CurveClient
 from edgespec.wire.errors import Overloaded, UnknownSession, WireError
 from rich.console import Console
 from rich.table import Table
@@ -150,8 +151,10 @@ def emit(title: str, summary: dict[str, Any], as_json: bool) -> None:
 class Replayer:
     """Replays one recorded session on its own ``Link`` (a zmq socket stays in its thread)."""
 
-    def __init__(self, endpoint: str, records: list[Record], pace: str, timeout_s: float):
+    def __init__(self, endpoint: str, records: list[Record], pace: str, timeout_s: float,
+                 curve: CurveClient | None = None):
         self.records = records
+        self.curve = curve
         self.pace = pace
         self.timeout_s = timeout_s
         self.endpoint = endpoint
@@ -161,7 +164,7 @@ class Replayer:
         self.max_new = 0
 
     def run(self) -> Tally:
-        link = Link(self.endpoint, timeout_s=self.timeout_s)
+        link = Link(self.endpoint, timeout_s=self.timeout_s, curve=self.curve)
         start, t0 = time.monotonic(), self.records[0]["t"]
         try:
             for record in self.records:
@@ -226,10 +229,11 @@ class Replayer:
 
 
 def replay(endpoint: str, recorded: list[list[Record]], n: int, pace: str,
-           timeout_s: float, concurrency: int | None = None) -> tuple[Tally, float]:
+           timeout_s: float, concurrency: int | None = None,
+           curve: CurveClient | None = None) -> tuple[Tally, float]:
     """N sessions cycling through the recorded ones, ``concurrency`` at a time (default: all
     at once; 1: one after another); return the tally and the wall time."""
-    replayers = [Replayer(endpoint, recorded[i % len(recorded)], pace, timeout_s)
+    replayers = [Replayer(endpoint, recorded[i % len(recorded)], pace, timeout_s, curve)
                  for i in range(n)]
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency or n) as pool:
@@ -276,16 +280,28 @@ def main() -> None:
               help="Replay the recorded answers with draft length 0 (one token per round).")
 @click.option("--timeout", type=float, default=120.0, show_default=True,
               help="Seconds to wait for each reply.")
+@click.option("--server-key", default=None,
+              help="The daemon's CURVE public key (.key file or Z85) for a CURVE daemon.")
+@click.option("--client-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Our .key_secret, when the daemon has an --allow list.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object as the last stdout line.")
 def run(traces: tuple[str, ...], server: str, n: int | None, concurrency: int | None,
-        pace: str, target_only: bool, timeout: float, as_json: bool) -> None:
+        pace: str, target_only: bool, timeout: float, server_key: str | None,
+        client_key: str | None, as_json: bool) -> None:
     """Drive a running daemon with the recorded sessions and check its verdicts."""
     recorded = load_sessions(traces)
     if not recorded:
         raise click.ClickException("no recorded sessions in the traces")
     if target_only:
         recorded = [as_target_only(records) for records in recorded]
-    tally, wall = replay(server, recorded, n or len(recorded), pace, timeout, concurrency)
+    if client_key and not server_key:
+        raise click.UsageError("--client-key needs --server-key")
+    try:
+        curve = CurveClient.create(server_key, client_key) if server_key else None
+    except BadKey as exc:
+        raise click.ClickException(str(exc)) from exc
+    tally, wall = replay(server, recorded, n or len(recorded), pace, timeout, concurrency,
+                         curve)
     emit(f"replay against {server} ({pace})", summarize(tally, wall), as_json)
 
 

@@ -183,3 +183,26 @@ def test_plain_daemon_refuses_a_public_address_unless_insecure():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "UNENCRYPTED and UNAUTHENTICATED" in done.stderr
+
+
+def test_replay_drives_a_curve_daemon_with_an_allow_listed_key(curve_daemon, keys, tmp_path):
+    trace = tmp_path / "t.jsonl"
+    done = subprocess.run(
+        [*CLI, "generate", "--server", curve_daemon.endpoint, "--prompt", CHAT_PROMPTS[0],
+         "--max-tokens", "24", "--threads", "1", "--trace", str(trace), "--server-key",
+         str(keys / "server" / "server.key"), "--client-key",
+         str(keys / "alice" / "alice.key_secret")],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    replay = [sys.executable, "-m", "edgespec.tools.replay", "run", str(trace), "--server",
+              curve_daemon.endpoint, "--pace", "fast", "--json", "--timeout", "30",
+              "--server-key", str(keys / "server" / "server.key")]
+    good = subprocess.run([*replay, "--client-key", str(keys / "alice" / "alice.key_secret")],
+                          capture_output=True, text=True, timeout=300)
+    assert good.returncode == 0, good.stderr
+    result = json.loads(good.stdout.strip().splitlines()[-1])
+    assert result["errors"] == {} and result["diverged_rounds"] == 0 and result["rounds"] > 0
+    stranger = subprocess.run([*replay, "--client-key",
+                               str(keys / "mallory" / "mallory.key_secret")],
+                              capture_output=True, text=True, timeout=300)
+    assert json.loads(stranger.stdout.strip().splitlines()[-1])["errors"]  # refused
