@@ -106,7 +106,7 @@ def speculate(
                 trace.write(round_record(
                     session_id, sent_wall, len(tokens), draft, verdict, arrived_at - sent_at,
                     draft_time, link.bytes_sent - sent0_round,
-                    link.bytes_received - received0_round))
+                    link.bytes_received - received0_round, q))
             # ---- accept the verified prefix plus the target's own token; roll back the rest
             new = [*draft[: verdict.accepted], verdict.next_token]
             full = verdict.accepted == len(draft)

@@ -14,7 +14,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TextIO
 
-from edgespec.wire.codec import SamplingParams, Verdict
+import numpy as np
+from edgespec.wire.codec import SamplingParams, SparseQ, Verdict
+from edgespec.wire.errors import MalformedFrame
 
 
 class TraceWriter:
@@ -63,14 +65,44 @@ def open_record(session_id: int, tokens: Sequence[int], max_new_tokens: int,
 
 def round_record(session_id: int, t: float, base_length: int, draft: Sequence[int],
                  verdict: Verdict, rtt_s: float, draft_s: float, bytes_sent: int,
-                 bytes_received: int) -> dict[str, Any]:
-    """One DRAFT/VERDICT exchange; the verdict is what a replay must reproduce (greedy)."""
-    return {"kind": "round", "session": session_hex(session_id), "t": t,
+                 bytes_received: int, q: SparseQ | None = None) -> dict[str, Any]:
+    """One DRAFT/VERDICT exchange; the verdict is what a replay must reproduce. A sampled
+    draft keeps its q (float32 values are exact in JSON's doubles): with the session's seed
+    the daemon's draws are a function of position, so a replay reproduces them too."""
+    record = {"kind": "round", "session": session_hex(session_id), "t": t,
             "base_length": int(base_length), "draft": [int(x) for x in draft],
             "accepted": verdict.accepted, "next_token": verdict.next_token,
             "rtt_ms": round(rtt_s * 1000.0, 3), "verify_ms": round(verdict.verify_us / 1000.0, 3),
             "draft_ms": round(draft_s * 1000.0, 3), "bytes_sent": int(bytes_sent),
             "bytes_received": int(bytes_received)}
+    if q is not None:
+        record["q"] = {"counts": q.counts.tolist(), "ids": q.ids.tolist(),
+                       "probs": q.probs.tolist()}
+    return record
+
+
+def sparse_q_of(record: dict[str, Any]) -> SparseQ | None:
+    """The q a round record carries (None for an argmax draft); shape errors are TraceError."""
+    q = record.get("q")
+    if q is None:
+        return None
+    try:
+        return SparseQ(np.asarray(q["counts"], dtype=np.int32),
+                       np.asarray(q["ids"], dtype=np.int32),
+                       np.asarray(q["probs"], dtype=np.float32))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TraceError(f"round q is not counts/ids/probs lists: {exc}") from exc
+
+
+def sampling_of(record: dict[str, Any]) -> SamplingParams:
+    """The sampling settings an open record carries (greedy when it has none)."""
+    settings = record.get("sampling")
+    if settings is None:
+        return SamplingParams()
+    try:
+        return SamplingParams(**settings)
+    except (TypeError, ValueError, MalformedFrame) as exc:
+        raise TraceError(f"open sampling settings are not valid: {exc}") from exc
 
 
 _REQUIRED = {

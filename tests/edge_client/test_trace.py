@@ -71,3 +71,29 @@ def test_bad_trace_lines_are_clear_errors(tmp_path):
         path.write_text(bad + "\n")
         with pytest.raises(TraceError, match=r"bad\.jsonl:1"):
             read_trace(path)
+
+
+def test_a_sampled_round_keeps_its_q_exactly_and_its_open_the_settings(tmp_path):
+    import numpy as np
+    from edgespec.edge_client.trace import TraceError, sampling_of, sparse_q_of
+    from edgespec.wire.codec import SamplingParams, SparseQ
+
+    probs = np.array([0.1, 0.7, 0.2, 1.0], dtype=np.float32) / np.float32(1.0 / 3.0)
+    q = SparseQ(np.array([3, 1], np.int32), np.array([4, 9, 2, 5], np.int32),
+                (probs / probs.sum()).astype(np.float32))
+    settings = SamplingParams(temperature=0.7, top_k=0, top_p=0.9, seed=11)
+    path = tmp_path / "t.jsonl"
+    with TraceWriter(path) as trace:
+        trace.write(open_record(1, [1, 2], 8, t=1.0, sampling=settings))
+        trace.write(round_record(1, 2.0, 2, [4, 5], Verdict(2, 6, 4), 0.01, 0.0, 10, 10, q))
+    opened, played = read_trace(path)
+    assert sampling_of(opened) == settings
+    back = sparse_q_of(played)
+    assert back is not None
+    for got, want in ((back.counts, q.counts), (back.ids, q.ids), (back.probs, q.probs)):
+        assert got.dtype == want.dtype and np.array_equal(got, want)  # bit-exact floats
+    assert sparse_q_of(round_record(1, 2.0, 2, [4], Verdict(1, 6, 3), 0.0, 0.0, 1, 1)) is None
+    with pytest.raises(TraceError):
+        sampling_of({**opened, "sampling": {**opened["sampling"], "top_p": 7.0}})
+    with pytest.raises(TraceError):
+        sparse_q_of({**played, "q": {"counts": [1]}})

@@ -50,3 +50,25 @@ def test_recorded_trace_replays_without_divergence(daemon, draft_gguf, tmp_path)
     assert done.returncode == 0, done.stderr
     summary = _last_json(done.stdout)
     assert summary["rounds"] == sum(rounds_per_session) and summary["sessions"] == 2
+
+
+def test_a_seeded_sampling_trace_replays_exactly(daemon, draft_gguf, tmp_path):
+    """With the recorded seed and q the daemon draws the same tokens: every verdict checks."""
+    trace = tmp_path / "s.jsonl"
+    done = subprocess.run([*CLI, "generate", "--server", daemon.endpoint, "--draft",
+                           str(draft_gguf), "--prompt", "Tell me a short story.", "--threads",
+                           "1", "--max-tokens", "48", "--temperature", "0.9", "--top-p", "0.95",
+                           "--seed", "5", "--trace", str(trace), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rounds = [r for r in read_trace(trace) if r["kind"] == "round"]
+    assert rounds and all("q" in r for r in rounds if r["draft"])
+    assert any(r["accepted"] < len(r["draft"]) for r in rounds)  # a rejection was replayed
+    for extra in ([], ["--target-only"]):
+        done = subprocess.run([*REPLAY, "run", str(trace), "--server", daemon.endpoint,
+                               "--sessions", "2", "--pace", "fast", "--json", *extra],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        got = _last_json(done.stdout)
+        assert got["errors"] == {} and got["diverged_rounds"] == 0, (extra, got)
+        assert got["verified_tokens"] == 2 * sum(r["accepted"] + 1 for r in rounds)
