@@ -35,6 +35,7 @@ from edgespec.wire.codec import (
     Welcome,
 )
 from edgespec.wire.errors import (
+    AuthFailed,
     ErrorCode,
     InvalidToken,
     LimitExceeded,
@@ -74,16 +75,18 @@ class Engine:
 
     # ------------------------------------------------------------ requests
 
-    def submit(self, peer: bytes, sid: int, seq: int, msg: Message) -> Message | None:
+    def submit(self, peer: bytes, sid: int, seq: int, msg: Message, owner: str = ""
+               ) -> Message | None:
         """Answer now, or queue the request and return None (``step`` answers it).
 
-        Raises only ``WireError`` for the client's mistakes, and then changes nothing.
+        ``owner`` is the authenticated client key (CURVE), "" without one. Raises only
+        ``WireError`` for the client's mistakes, and then changes nothing.
         """
         if isinstance(msg, Draft):
             self._queue_draft(peer, sid, seq, msg)
             return None
         if isinstance(msg, Open):
-            return self._queue_open(peer, sid, seq, msg)
+            return self._queue_open(peer, sid, seq, msg, owner)
         if isinstance(msg, Hello):
             return self.hello(msg)
         if isinstance(msg, Close):
@@ -109,9 +112,14 @@ class Engine:
             chat_template=self.info.chat_template,
         )
 
-    def _queue_open(self, peer: bytes, sid: int, seq: int, msg: Open) -> Opened | None:
+    def _queue_open(self, peer: bytes, sid: int, seq: int, msg: Open, owner: str = ""
+                    ) -> Opened | None:
         """Create or rebuild a session at the client's position, reusing a common KV prefix;
-        the prefill then runs in chunks inside the scheduler's steps."""
+        the prefill then runs in chunks inside the scheduler's steps. A re-open may come from
+        a new connection (a reconnect), but only from the client key that opened it."""
+        old = self.sessions.get(sid)
+        if old is not None and old.owner != owner:
+            raise AuthFailed(f"session {sid:#x} belongs to another client key")
         if msg.sampling.verify not in VerifyMode.__members__.values():
             raise Unsupported(f"verify mode {msg.sampling.verify} is not served by this daemon")
         self._check_tokens(msg.tokens)
@@ -119,7 +127,6 @@ class Engine:
         if len(tokens) >= self.max_context:
             raise LimitExceeded(f"{len(tokens)} tokens exceed the context of {self.max_context}")
         self._check_fits(len(tokens))
-        old = self.sessions.get(sid)
         if old is not None and old.peer != peer:  # a reconnect (the server refused stale epochs)
             log.info("session %#x moves to a new connection", sid)
             old.peer = peer
@@ -139,7 +146,7 @@ class Engine:
                 self.busy += 1
                 raise
             session = Session(sid, peer, tokens, msg.sampling, msg.max_new_tokens, len(tokens),
-                              now)
+                              now, owner=owner)
             self.scheduler.add(session)
         session.rng = None if is_greedy(msg.sampling) else self.runner.new_generator()
         self.scheduler.touch(session, now)

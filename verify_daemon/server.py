@@ -97,10 +97,13 @@ class Server:
         """Read every request already queued, oldest first (bounded per step)."""
         for _ in range(MAX_READ_PER_STEP):
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                if self.curve is None:
+                    self.serve_one(self.socket.recv_multipart(zmq.NOBLOCK))
+                    continue
+                parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.serve_one(frames)
+            self.serve_one([part.bytes for part in parts], client_key(parts[-1]))
 
     def gather(self, window_s: float) -> None:
         """Wait up to ``window_s`` for sessions that are not waiting yet: clients answered by
@@ -124,7 +127,8 @@ class Server:
             self._answered(peer, session, epoch, msg)
             self.reply(peer, encode(msg, session, seq, epoch))
 
-    def serve_one(self, frames: list[bytes]) -> None:
+    def serve_one(self, frames: list[bytes], owner: str = "") -> None:
+        """Answer one request; ``owner`` is the sender's CURVE key (sessions are bound to it)."""
         if len(frames) < 2:
             return  # no routing id + message: nothing to answer
         peer, body = frames[0], frames[1:]
@@ -136,7 +140,8 @@ class Server:
             self.epochs.check(envelope.session, envelope.epoch)
             if isinstance(envelope.msg, Open):
                 self.limiter.check_open(peer, envelope.session, self._is_live)
-            reply = self.engine.submit(peer, envelope.session, envelope.seq, envelope.msg)
+            reply = self.engine.submit(peer, envelope.session, envelope.seq, envelope.msg,
+                                       owner)
             if reply is None:  # queued: the next step answers it, under this epoch
                 self.queued_epochs[envelope.session, envelope.seq] = envelope.epoch
                 return
@@ -193,3 +198,11 @@ def write_stats(path: str, stats: dict[str, object]) -> None:
     tmp = Path(f"{path}.tmp")
     tmp.write_text(json.dumps(stats))
     os.replace(tmp, path)
+
+
+def client_key(frame: zmq.Frame) -> str:
+    """The Z85 public key the ZAP handler authenticated this message's connection with."""
+    try:
+        return str(frame.get("User-Id"))
+    except zmq.ZMQError:  # not a CURVE connection: no owner to bind to
+        return ""

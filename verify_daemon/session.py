@@ -46,6 +46,7 @@ class Session:
     accepted: int = 0
     extra: dict[str, float] = field(default_factory=dict)
     rng: Any = None  # torch.Generator, reseeded per position from sampling.seed (sampling.py)
+    owner: str = ""  # the CURVE client key that opened it ("" without CURVE): only it may re-open
 
     @property
     def length(self) -> int:

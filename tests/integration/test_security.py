@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from edgespec.edge_client.transport import Link
+from edgespec.edge_client.transport import Link, expect, new_session_id
 from edgespec.tools.daemon_proc import DaemonProcess, start_daemon
 from edgespec.tools.prompts import CHAT_PROMPTS
 from edgespec.wire import curve
-from edgespec.wire.errors import AuthFailed
+from edgespec.wire.codec import Draft, Open, Opened, Verdict
+from edgespec.wire.errors import AuthFailed, UnknownSession
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "edgespec.edge_client.cli"]
@@ -32,8 +33,10 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     curve.keygen(root / "server")
     curve.keygen(root / "alice", "alice")
     curve.keygen(root / "mallory", "mallory")
+    curve.keygen(root / "bob", "bob")
     (root / "allow").mkdir()
     shutil.copy(root / "alice" / "alice.key", root / "allow")
+    shutil.copy(root / "bob" / "bob.key", root / "allow")
     return root
 
 
@@ -206,3 +209,27 @@ def test_replay_drives_a_curve_daemon_with_an_allow_listed_key(curve_daemon, key
                                str(keys / "mallory" / "mallory.key_secret")],
                               capture_output=True, text=True, timeout=300)
     assert json.loads(stranger.stdout.strip().splitlines()[-1])["errors"]  # refused
+
+
+def test_a_session_is_bound_to_the_client_key_that_opened_it(curve_daemon, keys):
+    """Another allow-listed user who learns a session id can neither take it over nor use it."""
+    server_key = str(keys / "server" / "server.key")
+
+    def link(name: str) -> Link:
+        secret = str(keys / name / f"{name}.key_secret")
+        return Link(curve_daemon.endpoint, timeout_s=30.0,
+                    curve=curve.CurveClient.create(server_key, secret))
+
+    alice, bob = link("alice"), link("bob")
+    sid = new_session_id()
+    try:
+        expect(alice.request(Open([1, 2, 3, 4], 8), sid), Opened)
+        with pytest.raises(AuthFailed, match="another client key"):
+            bob.request(Open([5, 6, 7], 8), sid, recover=False)
+        with pytest.raises(UnknownSession):
+            bob.request(Draft(4, []), sid, recover=False)
+        verdict = expect(alice.request(Draft(4, []), sid), Verdict)
+        assert verdict.new_length == 5  # alice's session, untouched by bob's attempts
+    finally:
+        alice.close()
+        bob.close()

@@ -76,9 +76,9 @@ def tokens(*ids: int) -> np.ndarray:
 
 
 def serve(engine: Engine, peer: bytes, sid: int, msg: Message, seq: int = 1,
-          max_steps: int = 100) -> Message:
+          max_steps: int = 100, owner: str = "") -> Message:
     """Submit one request and step until it is answered (other replies are dropped)."""
-    reply = engine.submit(peer, sid, seq, msg)
+    reply = engine.submit(peer, sid, seq, msg, owner)
     if reply is not None:
         return reply
     for _ in range(max_steps):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from edgespec.wire.codec import Close, Closed, Draft, Error, Hello, Open, Opened, Verdict, Welcome
 from edgespec.wire.errors import (
+    AuthFailed,
     ErrorCode,
     InvalidToken,
     LimitExceeded,
@@ -68,6 +69,19 @@ def test_unknown_or_foreign_session():
         engine.submit(b"p", 2, 1, Draft(1, tokens()))
     with pytest.raises(UnknownSession):
         engine.submit(b"intruder", 1, 1, Draft(1, tokens()))
+
+
+def test_only_the_client_key_that_opened_a_session_may_reopen_it():
+    engine, _ = make_engine()
+    assert serve(engine, b"p", 1, Open(tokens(5, 6), 10), owner="alice") == Opened(2)
+    with pytest.raises(AuthFailed, match="another client key"):
+        engine.submit(b"q", 1, 1, Open(tokens(9), 10), owner="bob")
+    session = engine.sessions[1]
+    assert (session.peer, session.tokens, session.owner) == (b"p", [5, 6], "alice")
+    assert isinstance(serve(engine, b"p", 1, Draft(2, tokens()), seq=2), Verdict)
+    # a reconnect (new connection, same key) takes its session along
+    assert serve(engine, b"p2", 1, Open(tokens(5, 6), 10), seq=3, owner="alice") == Opened(2)
+    assert engine.sessions[1].peer == b"p2"
 
 
 def test_server_full_is_busy_with_a_retry_hint_and_reopen_still_works():
