@@ -134,8 +134,9 @@ class Engine:
         if old is not None:
             self.scheduler.done(old)  # a re-open supersedes whatever was in flight
             keep = min(old.cached, _common_prefix(old.tokens[:-1], tokens[:-1]))
-            self.blocks.truncate(old.blocks, keep)
+            keep = self.blocks.truncate(old.blocks, keep)
             old.cached, old.tokens = keep, tokens
+            old.published = min(old.published, keep // self.blocks.block_size)
             old.sampling, old.max_new_tokens, old.prompt_length = (
                 msg.sampling, msg.max_new_tokens, len(tokens))
             session = old
@@ -147,6 +148,9 @@ class Engine:
                 raise
             session = Session(sid, peer, tokens, msg.sampling, msg.max_new_tokens, len(tokens),
                               now, owner=owner)
+            session.blocks = self.blocks.match_prefix(tokens, len(tokens) - 1)  # shared prefix
+            session.published = len(session.blocks)
+            session.cached = session.published * self.blocks.block_size
             self.scheduler.add(session)
         session.rng = None if is_greedy(msg.sampling) else self.runner.new_generator()
         self.scheduler.touch(session, now)
@@ -229,7 +233,10 @@ class Engine:
         session.tokens.extend(draft[:accepted])
         session.tokens.append(next_token)
         session.cached = session.length - 1  # rejected positions are dropped by a length
-        self.blocks.truncate(session.blocks, session.cached)
+        kept = self.blocks.truncate(session.blocks, session.cached)
+        assert kept == session.cached, "a verified position fell in a shared block"
+        session.published = self.blocks.publish(session.blocks, session.tokens, session.cached,
+                                                session.published)
         session.rounds += 1
         session.drafted += len(draft)
         session.accepted += accepted
@@ -252,6 +259,8 @@ class Engine:
     def _finish_prefill(self, chunk: Chunk, now: float) -> Reply | None:
         session = chunk.session
         session.cached += len(chunk.tokens)
+        session.published = self.blocks.publish(session.blocks, session.tokens, session.cached,
+                                                session.published)
         if session.to_prefill:
             return None
         work = session.pending
@@ -310,6 +319,7 @@ class Engine:
             "sessions": len(self.sessions), "waiting": len(s.waiting),
             "kv_blocks_used": self.blocks.used, "kv_blocks_total": self.blocks.capacity,
             "kv_blocks_peak": self.blocks.peak_used, "block_size": self.blocks.block_size,
+            "prefix_hit_tokens": self.blocks.prefix_hit_tokens,
             "evictions": s.evictions, "preemptions": s.preemptions, "busy": self.busy,
             "expired": self.expired, "max_wait_steps": s.max_wait_steps,
         }

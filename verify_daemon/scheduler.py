@@ -75,8 +75,8 @@ class Scheduler:
         if need > self.blocks.capacity:
             raise LimitExceeded(f"{prompt_length} tokens do not fit the KV budget of "
                                 f"{self.blocks.capacity * self.blocks.block_size} tokens")
-        reclaimable = self.blocks.free + sum(len(s.blocks) for s in self.sessions.values()
-                                             if s.idle)
+        reclaimable = self.blocks.free + sum(self.blocks.exclusive(s.blocks)
+                                             for s in self.sessions.values() if s.idle)
         if need > reclaimable:
             raise Overloaded("KV memory full; retry later", retry_after_ms=self.retry_after_ms)
 

@@ -39,6 +39,7 @@ class Session:
     last_active: float
     blocks: list[int] = field(default_factory=list)  # block table, owned by the BlockManager
     cached: int = 0
+    published: int = 0  # leading blocks published for other sessions to share (block_manager)
     pending: Work | None = None
     admitted_step: int = 0
     rounds: int = 0

@@ -5,6 +5,7 @@ vanished clients against a daemon with a tiny budget."""
 from __future__ import annotations
 
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -90,8 +91,10 @@ def client(small_daemon, draft_gguf):
 
 
 def _hold(link: Link, n: int) -> int:
+    """A session of ``n`` tokens no other session shares (a shared prefix takes no memory)."""
     sid = new_session_id()
-    expect(link.request(Open(list(range(100, 100 + n)), 8), sid), Opened)
+    start = 100 + secrets.randbelow(40000)
+    expect(link.request(Open(list(range(start, start + n)), 8), sid), Opened)
     return sid
 
 
@@ -131,7 +134,7 @@ def test_evicted_session_reopens_transparently_with_identical_output(small_daemo
     next(rounds)
     next(rounds)  # our session is idle on the daemon now
     other = Link(small_daemon.endpoint)
-    big = _hold(other, 200)  # 200 of 256 tokens: the least recently used idle session goes
+    big = _hold(other, 240)  # 15 of 16 blocks (the most one session may ask for): ours goes
     other.request(Close(), big)
     other.close()
     for _ in rounds:
@@ -155,3 +158,18 @@ def test_vanished_client_blocks_are_freed_after_the_idle_timeout(small_daemon):
         if stats["sessions"] == 0:
             break
     assert stats["sessions"] == 0 and stats["kv_blocks_used"] == 0 and stats["expired"] >= 1
+
+
+def test_chats_share_the_system_prompt_and_stay_exact(small_daemon, client, check_exact):
+    """Every chat starts with the template's system prompt: a later session takes its KV
+    blocks from the first instead of recomputing them, and its answer is still exact."""
+    hits = stats_of(small_daemon.stats_file, 0)["prefix_hit_tokens"]
+    for text in CHAT_PROMPTS[4:6]:
+        tokens = client.chat_tokens([{"role": "user", "content": text}])
+        prompt = list(tokens)
+        sid = new_session_id()
+        for _ in client.generate(sid, tokens, 24, GenerationStats()):
+            pass
+        client.end_session(sid)
+        check_exact(prompt, tokens[len(prompt):], 24)
+    assert stats_of(small_daemon.stats_file)["prefix_hit_tokens"] >= hits + 16

@@ -183,3 +183,50 @@ def _drain(engine):
         if not engine.has_work:
             return out
     raise AssertionError("work left after 50 steps")
+
+
+def test_sessions_share_a_common_prompt_prefix_and_stay_exact():
+    engine, runner = make_engine(block_size=4)
+    system = [11, 12, 13, 14, 15, 16, 17, 18, 19, 20]  # two full blocks and a bit
+    first, second = [*system, 1, 2, 3], [*system, 7, 8]
+    serve(engine, b"a", 1, Open(tokens(*first), 20))
+    before = runner.fed
+    serve(engine, b"b", 2, Open(tokens(*second), 20))
+    assert runner.fed - before == len(second) - 1 - 8  # the two full blocks were shared
+    assert engine.sessions[2].blocks[:2] == engine.sessions[1].blocks[:2]
+    assert engine.stats()["prefix_hit_tokens"] == 8
+    for rnd in range(4):  # both draft, with rejections, in the same steps
+        for peer, sid in ((b"a", 1), (b"b", 2)):
+            session = engine.sessions[sid]
+            right = target_greedy(session.tokens, 3)
+            draft = [right[0], (right[1] + 1) % VOCAB, right[2]]
+            engine.submit(peer, sid, 2 + rnd, Draft(session.length, tokens(*draft)))
+        answered = {s: m for _, s, _, m in engine.step()}
+        assert all(isinstance(m, Verdict) and m.accepted == 1 for m in answered.values())
+    for sid, prompt in ((1, first), (2, second)):
+        session = engine.sessions[sid]
+        assert session.tokens[len(prompt):] == target_greedy(prompt, 8)
+        assert runner.cached_tokens(session.blocks, session.cached) == session.tokens[:-1]
+    serve(engine, b"a", 1, Close(), seq=9)
+    before = runner.fed
+    assert serve(engine, b"c", 3, Open(tokens(*first), 20)) == Opened(len(first))
+    assert runner.fed == before  # two blocks shared with session 2, one revived from 1's
+    verdict = serve(engine, b"c", 3, Draft(len(first), tokens()), seq=2)
+    assert (verdict.accepted, verdict.next_token) == (0, target_greedy(first, 1)[0])
+
+
+def test_a_reopen_shorter_than_a_shared_block_recomputes_instead_of_overwriting():
+    engine, runner = make_engine(block_size=4)
+    prompt = list(range(20, 33))  # 13 tokens: three full blocks cached
+    serve(engine, b"a", 1, Open(tokens(*prompt), 20))
+    serve(engine, b"b", 2, Open(tokens(*prompt, 5), 20))
+    shared = engine.sessions[1].blocks[:3]
+    assert engine.sessions[2].blocks[:3] == shared
+    edited = [*prompt[:6], 99, 98, 97]  # session 1 edits its history mid-block
+    serve(engine, b"a", 1, Open(tokens(*edited), 20), seq=2)
+    s1, s2 = engine.sessions[1], engine.sessions[2]
+    assert s1.blocks[0] == shared[0] and shared[1] not in s1.blocks
+    assert runner.cached_tokens(s2.blocks, s2.cached) == [*prompt, 5][:s2.cached]
+    assert runner.cached_tokens(s1.blocks, s1.cached) == edited[:-1]
+    verdict = serve(engine, b"b", 2, Draft(s2.length, tokens()), seq=2)
+    assert verdict.next_token == target_greedy([*prompt, 5], 1)[0]
