@@ -121,16 +121,22 @@ def hard_draft_gguf(cache_dir: Path, source: Path | None = None) -> Path:
     if dest.is_file():
         return dest
     out_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
+    write_atomically(dest, lambda tmp: quantize_gguf(src, tmp, llama_cpp.LLAMA_FTYPE_MOSTLY_Q2_K))
+    return dest
+
+
+def write_atomically(dest: Path, write: Callable[[Path], None]) -> None:
+    """Have ``write`` fill a temp file beside ``dest``, then rename it into place, so a crash
+    or a concurrent builder never leaves a half-written model in the cache."""
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     os.close(fd)
     tmp = Path(tmp_name)
     try:
-        quantize_gguf(src, tmp, llama_cpp.LLAMA_FTYPE_MOSTLY_Q2_K)
+        write(tmp)
         tmp.chmod(0o644)  # mkstemp makes it 0600; the cache may be shared
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    return dest
 
 
 def resolve_draft(spec: str | None, cache_dir: Path) -> Path:

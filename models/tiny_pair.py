@@ -20,17 +20,17 @@ committed: the files are rebuilt deterministically into the cache.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from edgespec.models.paths import default_draft_gguf, file_digest
+from edgespec.models.paths import default_draft_gguf, file_digest, write_atomically
 
 TINY_FORMAT = "tiny-v1"
 # Keys that describe SmolLM2's size or quantization; the tiny files state their own.
-_SIZE_KEYS = ("llama.", "general.file_type", "general.quantization_version", "general.size_label")
+_SIZE_KEYS = ("llama.", "general.file_type", "general.quantization_version",
+              "general.size_label")
 
 
 @dataclass(frozen=True)
@@ -90,17 +90,15 @@ def _perturbed(tensors: dict[str, np.ndarray], noise: float, rng: np.random.Gene
     return out
 
 
-def write_gguf(path: Path, tokenizer_source: Path, tensors: dict[str, np.ndarray],
-               shape: TinyShape, name: str) -> None:
-    """Write a float32 llama GGUF with ``tokenizer_source``'s tokenizer metadata."""
+def write_gguf(path: Path, tokenizer: Any, tensors: dict[str, np.ndarray], shape: TinyShape,
+               name: str) -> None:
+    """Write a float32 llama GGUF with the tokenizer metadata of ``tokenizer`` (a
+    ``gguf.GGUFReader``, read once for both files: parsing SmolLM2's vocabulary is slow)."""
     import gguf
 
-    reader = gguf.GGUFReader(tokenizer_source)
     writer = gguf.GGUFWriter(str(path), "llama")
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture" or key.startswith(_SIZE_KEYS):
-            continue
-        if key == "general.name":
+    for key, field in tokenizer.fields.items():
+        if key.startswith(("GGUF.", "general.architecture", "general.name", *_SIZE_KEYS)):
             continue
         sub_type = field.types[1] if len(field.types) > 1 else None
         writer.add_key_value(key, field.contents(), field.types[0], sub_type)
@@ -125,20 +123,6 @@ def write_gguf(path: Path, tokenizer_source: Path, tensors: dict[str, np.ndarray
     writer.close()
 
 
-def _write_atomically(path: Path, tokenizer_source: Path, tensors: dict[str, np.ndarray],
-                      shape: TinyShape, name: str) -> None:
-    """Build in a temp file and rename, so a concurrent or crashed build leaves no stub."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write_gguf(Path(tmp), tokenizer_source, tensors, shape, name)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def ensure_tiny_pair(cache_dir: Path, seed: int = 0, shape: TinyShape | None = None,
                      tokenizer_source: Path | None = None) -> TinyPair:
     """Return the cached tiny (draft, target) GGUFs, building them the first time."""
@@ -153,10 +137,12 @@ def ensure_tiny_pair(cache_dir: Path, seed: int = 0, shape: TinyShape | None = N
     folder.mkdir(parents=True, exist_ok=True)
     import gguf
 
-    vocab = len(gguf.GGUFReader(source).fields["tokenizer.ggml.tokens"].data)
+    tokenizer = gguf.GGUFReader(source)
     rng = np.random.default_rng(seed)
-    target = _weights(vocab, shape, rng)
-    _write_atomically(pair.target_gguf, source, target, shape, "edgespec tiny target")
+    target = _weights(len(tokenizer.fields["tokenizer.ggml.tokens"].data), shape, rng)
+    write_atomically(pair.target_gguf,
+                     lambda tmp: write_gguf(tmp, tokenizer, target, shape, "edgespec tiny target"))
     draft = _perturbed(target, shape.draft_noise, rng)
-    _write_atomically(pair.draft_gguf, source, draft, shape, "edgespec tiny draft")
+    write_atomically(pair.draft_gguf,
+                     lambda tmp: write_gguf(tmp, tokenizer, draft, shape, "edgespec tiny draft"))
     return pair
