@@ -25,6 +25,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+Key = tuple[int, tuple[int, ...]]  # a published block: (parent's serial, its token ids)
+
 
 class BlockManager:
     """Hands out blocks; a session's table grows with its length and shrinks on rollback."""
@@ -39,9 +41,8 @@ class BlockManager:
         # block 0 is the pad slot for reads; the rest are free, the oldest freed reused first
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(1, num_blocks))
         self._refs = [0] * num_blocks
-        self._serial: dict[int, int] = {}  # published block -> its serial
-        self._by_key: dict[tuple[int, tuple[int, ...]], int] = {}  # (parent serial, ids) -> block
-        self._key: dict[int, tuple[int, tuple[int, ...]]] = {}
+        self._published: dict[int, tuple[int, Key]] = {}  # block -> (its serial, its key)
+        self._by_key: dict[Key, int] = {}  # (parent serial, token ids) -> block
         self._next_serial = 1  # 0 is the parent of a first block
         self.peak_used = 0
         self.prefix_hit_tokens = 0
@@ -89,7 +90,7 @@ class BlockManager:
         keep = self.blocks_for(length)
         while len(table) > keep:
             self._drop(table.pop())
-        if length % self.block_size and table and table[-1] in self._serial:
+        if length % self.block_size and table and table[-1] in self._published:
             if self._refs[table[-1]] > 1:
                 self._drop(table.pop())
                 return len(table) * self.block_size
@@ -117,7 +118,7 @@ class BlockManager:
                 del self._free[block]
             self._refs[block] += 1
             table.append(block)
-            parent = self._serial[block]
+            parent = self._published[block][0]
         self.peak_used = max(self.peak_used, self.used)
         self.prefix_hit_tokens += len(table) * b
         return table
@@ -127,18 +128,16 @@ class BlockManager:
         """Publish ``table``'s full blocks of verified, cached tokens after the first
         ``published`` (already done); return how many leading blocks are published now."""
         b = self.block_size
-        parent = self._serial[table[published - 1]] if published else 0
+        parent = self._published[table[published - 1]][0] if published else 0
         for i in range(published, min(cached // b, len(table))):
             block = table[i]
-            serial = self._serial.get(block)
-            if serial is None:
+            if block not in self._published:
                 key = (parent, tuple(tokens[i * b:(i + 1) * b]))
                 if key in self._by_key:  # the same content computed twice: keep the first
                     return i
-                serial = self._next_serial
+                self._published[block], self._by_key[key] = (self._next_serial, key), block
                 self._next_serial += 1
-                self._serial[block], self._key[block], self._by_key[key] = serial, key, block
-            parent = serial
+            parent = self._published[block][0]
             published = i + 1
         return published
 
@@ -148,8 +147,9 @@ class BlockManager:
             self._free[block] = None  # content kept (and matchable) until reused
 
     def _unpublish(self, block: int) -> None:
-        if self._serial.pop(block, None) is not None:
-            del self._by_key[self._key.pop(block)]
+        entry = self._published.pop(block, None)
+        if entry is not None:
+            del self._by_key[entry[1]]
 
     def slots(self, table: list[int], start: int, stop: int) -> npt.NDArray[np.int64]:
         """Pool slot of each position in ``start..stop-1`` (shape [stop - start])."""

@@ -235,8 +235,7 @@ class Engine:
         session.cached = session.length - 1  # rejected positions are dropped by a length
         kept = self.blocks.truncate(session.blocks, session.cached)
         assert kept == session.cached, "a verified position fell in a shared block"
-        session.published = self.blocks.publish(session.blocks, session.tokens, session.cached,
-                                                session.published)
+        self._publish(session)
         session.rounds += 1
         session.drafted += len(draft)
         session.accepted += accepted
@@ -256,11 +255,15 @@ class Engine:
         return decide(session.sampling, session.rng, session.length, draft_tokens, q,
                       logits_rows)
 
+    def _publish(self, session: Session) -> None:
+        """Offer the session's newly completed blocks of cached tokens for sharing."""
+        session.published = self.blocks.publish(session.blocks, session.tokens, session.cached,
+                                                session.published)
+
     def _finish_prefill(self, chunk: Chunk, now: float) -> Reply | None:
         session = chunk.session
         session.cached += len(chunk.tokens)
-        session.published = self.blocks.publish(session.blocks, session.tokens, session.cached,
-                                                session.published)
+        self._publish(session)
         if session.to_prefill:
             return None
         work = session.pending

@@ -97,13 +97,14 @@ class Server:
         """Read every request already queued, oldest first (bounded per step)."""
         for _ in range(MAX_READ_PER_STEP):
             try:
-                if self.curve is None:
-                    self.serve_one(self.socket.recv_multipart(zmq.NOBLOCK))
-                    continue
-                parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                if self.curve is None:  # plain bytes: no key to bind sessions to
+                    frames, owner = self.socket.recv_multipart(zmq.NOBLOCK), ""
+                else:  # frames, to read the key the handshake authenticated
+                    parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames, owner = [part.bytes for part in parts], client_key(parts[-1])
             except zmq.Again:
                 return
-            self.serve_one([part.bytes for part in parts], client_key(parts[-1]))
+            self.serve_one(frames, owner)
 
     def gather(self, window_s: float) -> None:
         """Wait up to ``window_s`` for sessions that are not waiting yet: clients answered by
