@@ -27,7 +27,8 @@ class EdgeClient:
         self.config = config
         self.drafter = Drafter(config.draft_path, n_ctx=config.n_ctx, n_threads=config.threads)
         self.fingerprint = fingerprint_llama(self.drafter.llm)
-        self.link = Link(config.server, timeout_s=config.timeout_s, curve=_curve(config),
+        curve = CurveClient.from_options(config.server_key, config.client_key)
+        self.link = Link(config.server, timeout_s=config.timeout_s, curve=curve,
                          liveness=Liveness(heartbeat_s=config.heartbeat_s,
                                            connect_timeout_s=config.connect_timeout_s,
                                            reconnect_for_s=config.reconnect_for_s))
@@ -87,12 +88,3 @@ class EdgeClient:
     def text(self, tokens: list[int]) -> str:
         visible = [t for t in tokens if t not in self.stop_ids]
         return self.drafter.detokenize(visible).decode("utf-8", "replace")
-
-
-def _curve(config: ClientConfig) -> CurveClient | None:
-    """CURVE when a server key was given (``BadKey`` for an unusable one)."""
-    if config.server_key is None:
-        if config.client_key is not None:
-            raise ValueError("--client-key needs --server-key")
-        return None
-    return CurveClient.create(config.server_key, config.client_key)

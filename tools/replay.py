@@ -306,12 +306,12 @@ def run(traces: tuple[str, ...], server: str, n: int | None, concurrency: int | 
         raise click.ClickException("no recorded sessions in the traces")
     if target_only:
         recorded = [as_target_only(records) for records in recorded]
-    if client_key and not server_key:
-        raise click.UsageError("--client-key needs --server-key")
     try:
-        curve = CurveClient.create(server_key, client_key) if server_key else None
+        curve = CurveClient.from_options(server_key, client_key)
     except BadKey as exc:
         raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:  # a client key without a server key
+        raise click.UsageError(str(exc)) from exc
     tally, wall = replay(server, recorded, n or len(recorded), pace, timeout, concurrency,
                          curve)
     emit(f"replay against {server} ({pace})", summarize(tally, wall), as_json)

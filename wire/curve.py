@@ -166,6 +166,18 @@ class CurveClient:
             keys = KeyPair(public, secret)
         return cls(load_public_key(server_key), keys)
 
+    @classmethod
+    def from_options(cls, server_key: str | None, client_key_file: str | None
+                     ) -> CurveClient | None:
+        """The ``--server-key`` / ``--client-key`` pair of a command: CURVE when a server key
+        is given, plain without (``ValueError`` for a client key alone, ``BadKey`` for an
+        unusable key)."""
+        if server_key is None:
+            if client_key_file is not None:
+                raise ValueError("--client-key needs --server-key")
+            return None
+        return cls.create(server_key, client_key_file)
+
     def apply(self, socket: zmq.Socket) -> None:
         """Set before ``connect``: the handshake uses what is set at connect time."""
         socket.curve_serverkey = self.server_key
