@@ -21,7 +21,7 @@ from typing import Any
 import click
 from edgespec.edge_client.draft_length import expected_tokens
 from edgespec.tools.bench_batching import batching
-from edgespec.tools.bench_distribution import distribution
+from edgespec.tools.bench_distribution import distribution, pair_paths
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -64,14 +64,11 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
     from edgespec.edge_client.config import ClientConfig
     from edgespec.edge_client.sampling_setup import SamplingOptions
     from edgespec.edge_client.stats import GenerationStats
-    from edgespec.models.convert import resolve_target
-    from edgespec.models.paths import default_cache_dir, resolve_draft
+    from edgespec.models.paths import default_cache_dir
     from edgespec.tools.daemon_proc import start_daemon
     from edgespec.tools.target_alone import TargetAlone
 
-    cache = default_cache_dir()
-    target = resolve_target(None, cache)
-    draft = resolve_draft(pair, cache)
+    draft, target = pair_paths(pair, default_cache_dir())
     daemon = start_daemon(target, workdir / f"verifyd-{pair}.log", threads=split_threads)
     alone = TargetAlone(target, threads)
     client = EdgeClient(ClientConfig(server=daemon.endpoint, draft_path=str(draft),
@@ -200,7 +197,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 @click.group(invoke_without_command=True, context_settings={"show_default": True})
-@click.option("--pairs", default="default,hard", help="Draft/target pairs: default, hard.")
+@click.option("--pairs", default="default,hard",
+              help="Draft/target pairs: default, hard (tiny: random weights, for plumbing).")
 @click.option("--sets", "sets_", default="chat,humaneval", help="Prompt sets.")
 @click.option("--prompts", "n", type=int, default=6, help="Prompts per set.")
 @click.option("--max-tokens", type=int, default=128)

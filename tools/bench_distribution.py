@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ def distribution(pair: str, draws: int, modes: str, threads: int, as_json: bool,
                     task = progress.add_task(f"{pair}, {mode} q", total=draws)
                     check, counts = check_mode(client, law, prompt, draws, MODES[mode],
                                                advance=lambda t=task: progress.advance(t))
-                    rows.append({"pair": pair, **check.as_dict()})
+                    rows.append({"pair": pair, **asdict(check)})
                     observed[check.mode] = counts
                     console.print(describe(check))
             text = client.drafter.detokenize

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,9 +58,6 @@ class DistributionCheck:
     acceptance_rate: float
     bytes_per_round: float
     ms_per_draw: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def chi_square(counts: Counter[Cell], expected: Law, n: int) -> ChiSquare:
@@ -104,32 +101,29 @@ def simulated_power(law: Law, n: int, alpha: float = ALPHA, error: float = ERROR
     return rejected / reps
 
 
-def exact_first_two(target_alone: TargetAlone, prompt: Sequence[int], stops: Sequence[int],
-                    settings: dict[str, Any] | None = None) -> Law:
+def exact_first_two(target_alone: TargetAlone, prompt: Sequence[int], stops: Sequence[int]
+                    ) -> Law:
     """P(t1, t2) for the target alone; a stop token as t1 ends the answer (t2 = END)."""
-    settings = settings or SETTINGS
     law: Law = {}
-    for t1, p1 in target_alone.next_token_probs(prompt, **settings).items():
+    for t1, p1 in target_alone.next_token_probs(prompt, **SETTINGS).items():
         if t1 in stops:
             law[(t1, END)] = p1
             continue
-        for t2, p2 in target_alone.next_token_probs([*prompt, t1], **settings).items():
+        for t2, p2 in target_alone.next_token_probs([*prompt, t1], **SETTINGS).items():
             law[(t1, t2)] = p1 * p2
     return law
 
 
 def draw_first_two(client: EdgeClient, prompt: Sequence[int], draws: int,
-                   draft_temperature: float | None, settings: dict[str, Any] | None = None,
-                   advance: Callable[[], None] | None = None
+                   draft_temperature: float | None, advance: Callable[[], None] | None = None
                    ) -> tuple[Counter[Cell], GenerationStats]:
     """Generate two tokens ``draws`` times (seeds 1..draws) through ``client``'s daemon."""
-    settings = settings or SETTINGS
     sid = new_session_id()
     counts: Counter[Cell] = Counter()
     stats = GenerationStats()
     try:
         for seed in range(1, draws + 1):
-            options = SamplingOptions(**settings, seed=seed, draft_temperature=draft_temperature)
+            options = SamplingOptions(**SETTINGS, seed=seed, draft_temperature=draft_temperature)
             tokens = list(prompt)
             for _ in client.generate(sid, tokens, 2, stats, sampling=options.resolve()):
                 pass
