@@ -10,7 +10,7 @@ if [ "${#_edgespec_missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] \
         && command -v apt-get >/dev/null 2>&1; then
     echo "edgespec: installing ${_edgespec_missing[*]} for the browser and Prometheus tests" >&2
     if ! { DEBIAN_FRONTEND=noninteractive apt-get update -qq \
-            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
                 "${_edgespec_missing[@]}"; } >/dev/null 2>&1; then
         echo "edgespec: could not install ${_edgespec_missing[*]}; their tests will skip" >&2
     fi
