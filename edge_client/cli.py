@@ -12,6 +12,7 @@ from typing import Any
 import click
 from edgespec.edge_client.config import ClientConfig, default_threads
 from edgespec.edge_client.sampling_setup import SamplingOptions, click_options
+from edgespec.env_options import read_from_environment
 
 DEFAULT_SERVER = "tcp://127.0.0.1:5557"
 
@@ -21,8 +22,9 @@ def _common(fn: Any) -> Any:
         click.option("--server", default=DEFAULT_SERVER, show_default=True,
                      help="verifyd endpoint."),
         click.option("--draft", "draft", default="default", show_default=True,
-                     help="Draft GGUF path, 'default' (bundled SmolLM2-135M Q4_1) or 'hard' "
-                          "(the same requantized to Q2_K)."),
+                     help="Draft GGUF path, a Hugging Face hub id ORG/REPO:FILE.gguf "
+                          "(downloaded once into the hub cache), 'default' (bundled "
+                          "SmolLM2-135M Q4_1) or 'hard' (the same requantized to Q2_K)."),
         click.option("--threads", type=int, default=None,
                      help="llama.cpp threads for the draft [default: cores, up to 8]."),
         click.option("--draft-tokens", "-k", type=click.IntRange(0, 64), default=16,
@@ -69,11 +71,15 @@ def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fix
             pipeline: bool, timeout: float, cache_dir: str | None, server_key: str | None,
             client_key: str | None, heartbeat: float, connect_timeout: float,
             reconnect_for: float, seeded: bool = False) -> ClientConfig:
-    from edgespec.models.paths import default_cache_dir, resolve_draft
+    from edgespec.models.paths import ModelNotFound, default_cache_dir, resolve_draft
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    try:
+        draft_path = resolve_draft(draft, cache)
+    except ModelNotFound as exc:
+        raise click.ClickException(str(exc)) from exc
     return ClientConfig(
-        server=server, draft_path=str(resolve_draft(draft, cache)),
+        server=server, draft_path=str(draft_path),
         threads=threads or default_threads(), draft_tokens=draft_tokens,
         adaptive=not fixed_k, pipeline=pipeline, timeout_s=timeout, timed_k=not seeded,
         server_key=server_key, client_key=client_key, heartbeat_s=heartbeat,
@@ -247,6 +253,39 @@ def chat(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_
     with _open_trace(trace_path) as trace:
         run_chat(client, max_tokens, system, trace, resolved)
 
+
+# ---------------------------------------------------------------- serve
+
+
+@main.command(context_settings={"show_default": True})
+@_common
+@click.option("--host", default="127.0.0.1",
+              help="Address to listen on (loopback: only this machine).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000,
+              help="HTTP port (0 = any free port, printed when ready).")
+@click.option("--max-queue", type=click.IntRange(0, 4096), default=16,
+              help="Requests that may wait behind the one being answered; more get "
+                   "HTTP 429 with Retry-After.")
+@click.option("--max-body", type=click.IntRange(1024), default=1 << 20,
+              help="Largest request body in bytes (larger: HTTP 413).")
+@click.option("--model-name", default=None,
+              help="The model id clients ask for [default: the target's name].")
+def serve(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
+          pipeline: bool, timeout: float, cache_dir: str | None, trace_path: str | None,
+          host: str, port: int, max_queue: int, max_body: int, model_name: str | None,
+          **options: Any) -> None:
+    """OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, /v1/models) and a
+    chat page at http://HOST:PORT/, drafting here and verifying on verifyd."""
+    from edgespec.edge_client.serve.app import run_server
+
+    _, link = _split_options(options)
+    config = _config(server, draft, threads, draft_tokens, fixed_k, pipeline, timeout,
+                     cache_dir, **link)
+    with _open_trace(trace_path) as trace:
+        run_server(config, host, port, max_queue, max_body, model_name, trace)
+
+
+read_from_environment(main, "EDGESPEC")
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 
 import click
+from edgespec.env_options import read_from_environment
 from edgespec.verify_daemon.config import DaemonConfig
 
 
@@ -65,6 +66,12 @@ from edgespec.verify_daemon.config import DaemonConfig
               help="Seconds between ZMTP heartbeats to each client.")
 @click.option("--heartbeat-timeout", type=float, default=6.0,
               help="Seconds of silence before a client's connection is dropped.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics on this port (0 = any free port, printed) "
+                   "[default: off].")
+@click.option("--metrics-bind", default="127.0.0.1",
+              help="Address for --metrics-port (loopback by default; 0.0.0.0 to let a "
+                   "Prometheus elsewhere scrape it).")
 @click.option("-v", "--verbose", is_flag=True, help="Log every error reply.")
 @click.pass_context
 def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dtype: str,
@@ -73,7 +80,7 @@ def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dty
          stats_file: str | None, cache_dir: str | None, prepare: bool, keys_dir: str | None,
          allow_dir: str | None, insecure: bool, max_rate: float, max_sessions_per_peer: int,
          max_msg_size: int, hwm: int, heartbeat: float, heartbeat_timeout: float,
-         verbose: bool) -> None:
+         verbose: bool, metrics_port: int | None, metrics_bind: str) -> None:
     """Verify edge clients' drafts with the full target model (`verifyd keygen DIR` first
     makes the keys for an encrypted server)."""
     if ctx.invoked_subcommand is not None:
@@ -130,6 +137,18 @@ def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dty
         click.echo(f"verifyd: CURVE on, server key {server.curve.keys.public.decode()}"
                    + (f", clients allowed from {allow_dir}" if allow_dir else
                       ", any client that knows the server key"), err=True)
+    if metrics_port is not None:  # fed by the server after each step, scraped on a thread
+        from edgespec.verify_daemon.metrics import Metrics
+
+        server.metrics = Metrics(server.engine)
+        server.metrics.watch_handshakes(server.socket)
+        try:
+            bound = server.metrics.serve(metrics_port, metrics_bind)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot serve metrics on {metrics_bind}:{metrics_port}: {exc}") from exc
+        shown = f"[{metrics_bind}]" if ":" in metrics_bind else metrics_bind
+        click.echo(f"verifyd: metrics on http://{shown}:{bound}/metrics", err=True)
     # SIGTERM ends the loop like Ctrl-C, so the last counters reach the stats file.
     signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):
@@ -181,6 +200,8 @@ def keygen(directory: str, name: str) -> None:
     click.echo(f"public key  {public}  ({load_public_key(str(public)).decode()})")
     click.echo(f"secret key  {secret}  (mode 0600: keep it on this machine)")
 
+
+read_from_environment(main, "VERIFYD")
 
 if __name__ == "__main__":
     main()

@@ -72,6 +72,7 @@ class Engine:
         self.rounds = 0
         self.busy = 0
         self.expired = 0
+        self.round_shapes: dict[tuple[int, int], int] = {}  # (drafted, accepted) -> rounds
 
     # ------------------------------------------------------------ requests
 
@@ -239,6 +240,8 @@ class Engine:
         session.rounds += 1
         session.drafted += len(draft)
         session.accepted += accepted
+        shape = (len(draft), accepted)  # for verifyd --metrics-port, read at scrape time
+        self.round_shapes[shape] = self.round_shapes.get(shape, 0) + 1
         self.scheduler.done(session)
         self.scheduler.touch(session, now)
         self.rounds += 1

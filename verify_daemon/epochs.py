@@ -16,8 +16,14 @@ from edgespec.wire.protocol import epoch_is_older
 
 
 class EpochGuard:
-    def __init__(self) -> None:
+    """Bounded: past ``max_entries`` the epochs of sessions no longer live are dropped (what
+    ``is_live`` says), so churned sessions cannot grow the table."""
+
+    def __init__(self, max_entries: int = 4096,
+                 is_live: Callable[[int], bool] = lambda sid: True) -> None:
         self.epochs: dict[int, int] = {}  # session id -> epoch of its latest successful OPEN
+        self.max_entries = max_entries
+        self.is_live = is_live
         self.refused = 0
 
     def check(self, sid: int, epoch: int) -> None:
@@ -33,6 +39,10 @@ class EpochGuard:
         if sid == 0:
             return
         self.epochs[sid] = epoch
+        if len(self.epochs) > self.max_entries:
+            self.prune(self.is_live)
+            while len(self.epochs) > self.max_entries:  # live ones only: keep the newest
+                del self.epochs[next(iter(self.epochs))]
 
     def prune(self, is_live: Callable[[int], bool]) -> None:
         self.epochs = {sid: e for sid, e in self.epochs.items() if is_live(sid)}

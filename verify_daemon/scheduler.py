@@ -6,6 +6,12 @@ waits, so new users are not starved by busy ones, and a long prompt is cut into 
 cannot starve the drafts). A draft that does not fit waits at the head of the queue for the
 next step, so no request waits more than about ``sessions × (max_draft + 1) / budget`` steps.
 
+Time, not only tokens: a pass costs more per token deep into a long context, and a step is
+everyone's latency. While any session could be waiting for a verdict, prefill gets only what
+fits the step's time budget (``step_s``, at the per-token cost measured over recent steps,
+at least ``MIN_PREFILL`` tokens so every prompt progresses), and the shortest prompt goes
+first, so a chat turn is not queued behind someone's 8,000-token document.
+
 Memory: a chunk's blocks are allocated when it is scheduled. When the pool is short, the
 least recently active *idle* session (no request waiting: its client is drafting, reading or
 gone) is evicted; its client gets ``UNKNOWN_SESSION`` next time and re-opens with its full
@@ -15,11 +21,15 @@ history. If nothing at all fits, the newest waiting session is preempted the sam
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgespec.verify_daemon.block_manager import BlockManager
 from edgespec.verify_daemon.session import Session, Work
 from edgespec.wire.errors import LimitExceeded, Overloaded
+
+MIN_PREFILL = 16  # prompt tokens a step always feeds, however slow steps are
+COST_EMA = 0.3  # weight of the latest step in the measured cost per token
 
 
 @dataclass(slots=True)
@@ -50,13 +60,19 @@ class Scheduler:
     """Owns the sessions, the waiting queue and the block tables' growth."""
 
     def __init__(self, blocks: BlockManager, max_sessions: int, step_tokens: int,
-                 prefill_chunk: int, max_draft_tokens: int, retry_after_ms: int):
+                 prefill_chunk: int, max_draft_tokens: int, retry_after_ms: int,
+                 step_s: float = 0.15):
         self.blocks = blocks
         self.max_sessions = max_sessions
         self.step_tokens = step_tokens
         self.prefill_chunk = prefill_chunk
         self.max_draft_tokens = max_draft_tokens
         self.retry_after_ms = retry_after_ms
+        self.step_s = step_s
+        self.s_per_token = 0.0  # measured (EMA); 0 until the first step
+        # Set by the server: true when the session's connection is gone (reclaimable first).
+        self.is_orphan: Callable[[Session], bool] = lambda session: False
+        self.reclaimed = 0
         self.sessions: OrderedDict[int, Session] = OrderedDict()  # least recently active first
         self.waiting: OrderedDict[int, None] = OrderedDict()  # sids with work, oldest first
         self.step_no = 0
@@ -69,8 +85,12 @@ class Scheduler:
     def admit(self, prompt_length: int) -> None:
         """Refuse a newcomer: ``Overloaded`` (retry later) or ``LimitExceeded`` (never fits)."""
         if len(self.sessions) >= self.max_sessions:
-            raise Overloaded(f"server full: {len(self.sessions)} sessions; retry later",
-                             retry_after_ms=self.retry_after_ms)
+            orphan = self._orphan()
+            if orphan is None:
+                raise Overloaded(f"server full: {len(self.sessions)} sessions; retry later",
+                                 retry_after_ms=self.retry_after_ms)
+            self.remove(orphan.sid)  # its client is gone and nothing of it is waiting
+            self.reclaimed += 1
         need = self.blocks.blocks_for(prompt_length + self.max_draft_tokens)
         if need > self.blocks.capacity:
             raise LimitExceeded(f"{prompt_length} tokens do not fit the KV budget of "
@@ -113,6 +133,24 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting)
 
+    def observe(self, num_tokens: int, elapsed_s: float) -> None:
+        """Record one forward pass's cost, which sizes later steps' prefill."""
+        if num_tokens <= 0:
+            return
+        cost = elapsed_s / num_tokens
+        self.s_per_token = cost if self.s_per_token == 0.0 else (
+            (1 - COST_EMA) * self.s_per_token + COST_EMA * cost)
+
+    def _time_tokens(self, latency_bound: bool) -> int:
+        """Tokens one step may run within ``step_s`` (all of them when nobody waits on it)."""
+        if not latency_bound or self.s_per_token <= 0.0:
+            return self.step_tokens
+        return max(MIN_PREFILL, int(self.step_s / self.s_per_token))
+
+    def _orphan(self) -> Session | None:
+        """The least recently active idle session whose connection is gone, if any."""
+        return next((s for s in self.sessions.values() if s.idle and self.is_orphan(s)), None)
+
     # ------------------------------------------------------------ one step
 
     def schedule(self) -> Batch:
@@ -121,7 +159,8 @@ class Scheduler:
         queue = [self.sessions[sid] for sid in self.waiting]
         prefills = [s for s in queue if s.pending is not None and s.pending.kind == "open"]
         budget = self.step_tokens
-        reserve = min(budget // 4, sum(s.to_prefill for s in prefills))
+        time_tokens = self._time_tokens(latency_bound=len(prefills) < len(self.sessions))
+        reserve = min(budget // 4, sum(s.to_prefill for s in prefills), time_tokens)
         for s in queue:
             work = s.pending
             if work is None or work.kind != "draft":
@@ -134,7 +173,8 @@ class Scheduler:
                 break
             batch.chunks.append(Chunk(s, s.cached, [s.tokens[-1], *work.draft], True))
             budget -= n
-        for s in prefills:
+        budget = min(budget, max(MIN_PREFILL, time_tokens - (self.step_tokens - budget)))
+        for s in sorted(prefills, key=lambda s: s.to_prefill):  # shortest prompt first
             n = min(s.to_prefill, self.prefill_chunk, budget)
             if n <= 0:
                 break
@@ -155,8 +195,8 @@ class Scheduler:
     def _make_room(self, session: Session, length: int) -> bool:
         """Grow ``session``'s table to ``length`` tokens, evicting idle sessions if needed."""
         while not self.blocks.can_grow(session.blocks, length):
-            victim = next((s for s in self.sessions.values() if s.idle and s is not session),
-                          None)
+            victim = self._orphan() or next(
+                (s for s in self.sessions.values() if s.idle and s is not session), None)
             if victim is None:
                 return False
             self.remove(victim.sid)

@@ -4,6 +4,11 @@ Like zguide's ``mdbroker.py``: one socket, one loop, and a bad frame is logged a
 with a typed ERROR, never allowed to take the daemon down or touch another session. Drafts
 and OPENs are queued in the engine, so all the sessions waiting at a step are verified in one
 forward pass; everything else is answered as soon as it is read.
+
+The forward pass runs on a worker thread while this loop keeps reading the socket: HELLO,
+PING and bad input are answered at once, off the model's path, and OPEN, DRAFT and CLOSE
+(which change the engine's state) wait, in order, for the step to end. ``connections.py``
+watches the connections underneath (caps, buffered bytes, who is gone).
 """
 
 from __future__ import annotations
@@ -13,14 +18,28 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
-from edgespec.verify_daemon.engine import Engine
+from edgespec.verify_daemon.connections import Connections
+from edgespec.verify_daemon.engine import Engine, Reply
 from edgespec.verify_daemon.epochs import EpochGuard
 from edgespec.verify_daemon.limits import PeerLimiter, PeerLimits
 from edgespec.wire import curve
-from edgespec.wire.codec import Error, Message, Open, Opened, decode, encode, peek_header
+from edgespec.wire.codec import (
+    Close,
+    Draft,
+    Envelope,
+    Error,
+    Message,
+    Open,
+    Opened,
+    decode,
+    encode,
+    peek_header,
+)
 from edgespec.wire.errors import ErrorCode, WireError
 from edgespec.wire.protocol import Limits
 
@@ -30,6 +49,18 @@ POLL_MS = 200
 EXPIRE_EVERY_S = 5.0
 STATS_EVERY_S = 1.0
 MAX_READ_PER_STEP = 4096  # requests read before the next step, so a flood cannot stall it
+MAX_DEFERRED = 4096  # OPEN/DRAFT/CLOSE read during a step; past it the socket's HWM holds them
+ZAP_DOMAIN = b"edgespec"  # set even without CURVE: libzmq then refuses ZMTP 1.0/2.0 greetings
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """A request that changes engine state, read while a step ran on the worker thread."""
+
+    peer: bytes
+    envelope: Envelope
+    owner: str
+    address: str
 
 
 class Server:
@@ -40,14 +71,15 @@ class Server:
         self.limits = limits or Limits(max_draft_tokens=64)
         self.peer_limits = peer_limits or PeerLimits()
         self.limiter = PeerLimiter(self.peer_limits)
-        self.epochs = EpochGuard()
-        self.queued_epochs: dict[tuple[int, int], int] = {}  # (session, seq) -> request epoch
+        self.epochs = EpochGuard(max(1024, 4 * engine.config.max_sessions), self._is_live)
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
         # With keys, the authenticator starts in this Context before the socket binds.
         self.curve = curve.start_curve_server(self.context, keys_dir, allow_dir) \
             if keys_dir is not None else None
         self.socket = self.context.socket(zmq.ROUTER)
         _set_socket_bounds(self.socket, self.peer_limits)
+        self.connections = Connections(self.socket, self.peer_limits)
+        engine.scheduler.is_orphan = lambda session: self.connections.gone(session.peer)
         if self.curve is not None:
             curve.bind_curve(self.socket, endpoint, self.curve)
         else:
@@ -55,8 +87,14 @@ class Server:
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.requests = 0
         self.errors = 0
+        self.deferred: list[_Deferred] = []
+        self.stepping = False
+        self._wake_r, self._wake_w = os.pipe()  # the worker says "step done" through it
+        self._worker = ThreadPoolExecutor(1, "verifyd-step", initializer=_same_torch_threads,
+                                          initargs=(_torch_threads(),))
 
     def serve_forever(self, ready_message: bool = True, stats_file: str = "") -> None:
+        self.connections.start()
         if ready_message:
             # Tests and scripts wait for this exact line before connecting.
             print(f"verifyd ready on {self.endpoint}", flush=True)
@@ -75,20 +113,30 @@ class Server:
                     dropped = self.engine.expire(now)
                     if dropped:
                         log.info("expired %d idle sessions", dropped)
-                    self.limiter.prune(now, self._is_live)
+                    self.limiter.prune(now, self.connections.gone)
                     self.epochs.prune(self._is_live)
-                    self.queued_epochs = {key: e for key, e in self.queued_epochs.items()
-                                          if self._is_live(key[0])}
                     next_expire = now + expire_every
                 if stats_file and now >= next_stats:
-                    write_stats(stats_file, self.engine.stats())
+                    write_stats(stats_file, self.stats())
                     next_stats = now + STATS_EVERY_S
         finally:
             if stats_file:
-                write_stats(stats_file, self.engine.stats())
+                write_stats(stats_file, self.stats())
+            self._worker.shutdown(wait=True)
+            self.connections.stop()
             self.socket.close(0)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
             if self.curve is not None:
                 self.curve.stop()
+
+    def stats(self) -> dict[str, object]:
+        c = self.connections
+        return {**self.engine.stats(), "connections": c.count, "connections_peak": c.peak,
+                "connections_refused": c.refused, "connections_cut_backlog": c.cut_backlog,
+                "sessions_reclaimed": self.engine.scheduler.reclaimed,
+                "epochs_tracked": len(self.epochs.epochs), "rate_buckets": len(self.limiter.peers),
+                "requests": self.requests, "errors": self.errors}
 
     def _is_live(self, sid: int) -> bool:
         return sid in self.engine.sessions
@@ -96,15 +144,16 @@ class Server:
     def serve_ready(self) -> None:
         """Read every request already queued, oldest first (bounded per step)."""
         for _ in range(MAX_READ_PER_STEP):
+            if self.stepping and len(self.deferred) >= MAX_DEFERRED:
+                return  # the rest waits in the socket, under its high-water mark
             try:
-                if self.curve is None:  # plain bytes: no key to bind sessions to
-                    frames, owner = self.socket.recv_multipart(zmq.NOBLOCK), ""
-                else:  # frames, to read the key the handshake authenticated
-                    parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-                    frames, owner = [part.bytes for part in parts], client_key(parts[-1])
+                parts = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.serve_one(frames, owner)
+            frames = [part.bytes for part in parts]
+            address = self.connections.seen(frames[0], parts[-1]) if frames else ""
+            owner = client_key(parts[-1]) if self.curve is not None else ""
+            self.serve_one(frames, owner, address)
 
     def gather(self, window_s: float) -> None:
         """Wait up to ``window_s`` for sessions that are not waiting yet: clients answered by
@@ -118,56 +167,104 @@ class Server:
             self.serve_ready()
 
     def run_step(self) -> None:
+        """One engine step on the worker thread; meanwhile keep answering what needs no
+        model, then send the step's replies and queue what arrived for the next one."""
+        future = self._worker.submit(self._step)
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        self.stepping = True
         try:
-            replies = self.engine.step()
+            while not future.done():
+                ready = dict(poller.poll(POLL_MS))
+                if self._wake_r in ready:
+                    os.read(self._wake_r, 64)
+                if self.socket in ready:
+                    self.serve_ready()
+        finally:
+            self.stepping = False
+        try:
+            replies = future.result()
         except Exception:  # a bug of ours: fail the waiting requests, keep serving
             log.exception("internal error in a verification step")
             replies = self.engine.fail_waiting("internal error in verifyd (see its log)")
-        for peer, session, seq, msg in replies:
-            epoch = self.queued_epochs.pop((session, seq), 0)
-            self._answered(peer, session, epoch, msg)
-            self.reply(peer, encode(msg, session, seq, epoch))
+        self._send_replies(replies)
+        deferred, self.deferred = self.deferred, []
+        for item in deferred:
+            self._submit(item.peer, item.envelope, item.owner, item.address)
 
-    def serve_one(self, frames: list[bytes], owner: str = "") -> None:
-        """Answer one request; ``owner`` is the sender's CURVE key (sessions are bound to it)."""
+    def _step(self) -> list[Reply]:
+        try:
+            return self.engine.step()
+        finally:
+            os.write(self._wake_w, b"x")
+
+    def _send_replies(self, replies: list[Reply]) -> None:
+        for reply in replies:
+            self._answered(reply.peer, reply.session, reply.epoch, reply.msg)
+            self.reply(reply.peer, encode(reply.msg, reply.session, reply.seq, reply.epoch))
+
+    def serve_one(self, frames: list[bytes], owner: str = "", address: str = "") -> None:
+        """Answer one request; ``owner`` is the sender's CURVE key (sessions are bound to it),
+        ``address`` its source address."""
         if len(frames) < 2:
             return  # no routing id + message: nothing to answer
         peer, body = frames[0], frames[1:]
         self.requests += 1
-        envelope = None
+        if body[0] == b"" and len(body) > 1:  # a REQ socket's delimiter: say what we speak
+            self.errors += 1
+            error = Error(ErrorCode.UNSUPPORTED, "verifyd speaks to ZeroMQ DEALER sockets "
+                          "only (this message came from a REQ socket)")
+            self.reply(peer, [b"", *encode(error, *_address_of(body[1:]))])
+            return
         try:
             self.limiter.admit(peer, time.monotonic())
             envelope = decode(body, self.limits)
             self.epochs.check(envelope.session, envelope.epoch)
-            if isinstance(envelope.msg, Open):
-                self.limiter.check_open(peer, envelope.session, self._is_live)
-            reply = self.engine.submit(peer, envelope.session, envelope.seq, envelope.msg,
-                                       owner)
-            if reply is None:  # queued: the next step answers it, under this epoch
-                self.queued_epochs[envelope.session, envelope.seq] = envelope.epoch
-                return
-            self._answered(peer, envelope.session, envelope.epoch, reply)
         except WireError as exc:
-            self.errors += 1
-            log.info("peer %s: %s: %s", peer.hex(), type(exc).__name__, exc)
-            reply = Error(exc.code, str(exc), getattr(exc, "retry_after_ms", 0))
+            self._refuse(peer, body, exc)
+            return
+        if isinstance(envelope.msg, Open | Draft | Close) and self.stepping:
+            self.deferred.append(_Deferred(peer, envelope, owner, address))
+            return
+        self._submit(peer, envelope, owner, address)
+
+    def _submit(self, peer: bytes, envelope: Envelope, owner: str, address: str) -> None:
+        """Hand a decoded request to the engine; answer it now unless it was queued."""
+        session, seq, epoch = envelope.session, envelope.seq, envelope.epoch
+        try:
+            if isinstance(envelope.msg, Open):
+                self.limiter.check_open(peer, session, owner, address, len(envelope.msg.tokens),
+                                        self.engine.sessions,
+                                        self.engine.config.retry_after_ms)
+            reply = self.engine.submit(peer, session, seq, envelope.msg, owner, epoch, address)
+        except WireError as exc:
+            self._refuse(peer, [], exc, (session, seq, epoch))
+            return
         except Exception:  # a bug of ours must not take every other user down
             self.errors += 1
             log.exception("internal error serving peer %s", peer.hex())
             reply = Error(ErrorCode.INTERNAL, "internal error in verifyd (see its log)")
-        if envelope is not None:
-            session, seq, epoch = envelope.session, envelope.seq, envelope.epoch
-        else:  # undecodable: answer to whatever header we can still read
-            header = peek_header(body)
-            session, seq, epoch = (header.session, header.seq, header.epoch) if header \
-                else (0, 0, 0)
+        finally:
+            self._send_replies(self.engine.superseded)
+            self.engine.superseded = []
+        if reply is None:  # queued: the next step answers it, under this epoch
+            return
+        self._answered(peer, session, epoch, reply)
         self.reply(peer, encode(reply, session, seq, epoch))
 
+    def _refuse(self, peer: bytes, body: list[bytes], exc: WireError,
+                address: tuple[int, int, int] | None = None) -> None:
+        """A typed ERROR, addressed to whatever header we can still read."""
+        self.errors += 1
+        log.info("peer %s: %s: %s", peer.hex(), type(exc).__name__, exc)
+        error = Error(exc.code, str(exc), getattr(exc, "retry_after_ms", 0))
+        self.reply(peer, encode(error, *(address or _address_of(body))))
+
     def _answered(self, peer: bytes, session: int, epoch: int, reply: Message) -> None:
-        """An OPEN that succeeded fixes the session's epoch and counts against its peer."""
+        """An OPEN that succeeded fixes the session's epoch."""
         if isinstance(reply, Opened):
             self.epochs.opened(session, epoch)
-            self.limiter.opened(peer, session)
 
     def reply(self, peer: bytes, frames: list[bytes]) -> None:
         """Never block on one client: a gone peer or a full queue loses only its own reply."""
@@ -181,17 +278,46 @@ class Server:
             log.info("peer %s is gone: reply dropped", peer.hex())
 
 
+def _address_of(body: list[bytes]) -> tuple[int, int, int]:
+    """(session, seq, epoch) from whatever header an undecodable message still has."""
+    header = peek_header(body)
+    return (header.session, header.seq, header.epoch) if header else (0, 0, 0)
+
+
 def _set_socket_bounds(socket: zmq.Socket, limits: PeerLimits) -> None:
-    """Bounded queues and messages, heartbeats, and replies to gone peers made visible."""
+    """Bounded frames and queues, handshakes and heartbeats; replies to gone peers visible.
+
+    ``ZMQ_MAXMSGSIZE`` bounds each frame (libzmq drops the connection past it); frames per
+    message and bytes per connection are bounded by ``connections.py``. Setting a ZAP domain
+    makes libzmq refuse ZMTP 1.0 and 2.0 peers (an HTTP request line, a single byte, an old
+    greeting), which never get a handshake timeout or heartbeats; it changes nothing else
+    without a ZAP handler. ``ROUTER_HANDOVER``: a new connection presenting a routing id in
+    use takes it over (CURVE binds sessions to keys; see README, operators).
+    """
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.MAXMSGSIZE, limits.max_msg_bytes)
     socket.setsockopt(zmq.SNDHWM, limits.hwm)
     socket.setsockopt(zmq.RCVHWM, limits.hwm)
+    socket.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+    socket.setsockopt(zmq.HANDSHAKE_IVL, int(limits.handshake_timeout_s * 1000))
     socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
     socket.setsockopt(zmq.HEARTBEAT_IVL, int(limits.heartbeat_s * 1000))
     socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(limits.heartbeat_timeout_s * 1000))
     socket.setsockopt(zmq.HEARTBEAT_TTL, int(limits.heartbeat_timeout_s * 1000))
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _same_torch_threads(threads: int) -> None:
+    """The step thread uses the threads the runner was given (OpenMP keeps them per thread)."""
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def write_stats(path: str, stats: dict[str, object]) -> None:

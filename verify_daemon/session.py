@@ -14,6 +14,7 @@ class Work:
 
     kind: str  # "open" | "draft"
     seq: int  # the request id the reply must echo
+    epoch: int  # the request's connection epoch, echoed too (one per session: bounded)
     arrived_step: int
     arrived_at: float
     draft: list[int] = field(default_factory=list)
@@ -48,6 +49,8 @@ class Session:
     extra: dict[str, float] = field(default_factory=dict)
     rng: Any = None  # torch.Generator, reseeded per position from sampling.seed (sampling.py)
     owner: str = ""  # the CURVE client key that opened it ("" without CURVE): only it may re-open
+    address: str = ""  # the source address (an IPv6 /64) of its connection: bounded per address
+    epoch: int = 0  # epoch of the OPEN that last (re)built it (epochs.py)
 
     @property
     def length(self) -> int:

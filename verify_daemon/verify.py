@@ -18,6 +18,12 @@ Terms (as in vLLM's rejection sampler):
 Strategies (``VerifyMode``): EXACT (the above; greedy matching at temperature 0, where p is
 one-hot), GREEDY (the target's argmax whatever the temperature: lossy when sampling) and
 THRESHOLD (also keep any draft token whose target probability reaches a threshold: lossy).
+
+Vanishing temperatures: below ``MIN_TEMPERATURE`` a temperature is served as greedy. That is
+the limit of p as the temperature falls to 0, and it keeps the arithmetic finite: logits
+divided by 1e-38 overflow float32, softmax turns inf − inf into NaN, and NaN p would accept
+every draft and draw the last id of the vocabulary. Any p that is still not finite (a
+target that emits inf or NaN logits) is refused with ``NonFiniteTarget``, never sampled.
 """
 
 from __future__ import annotations
@@ -29,6 +35,14 @@ import torch
 from edgespec.verify_daemon.sampling import position_draws, sample_index, target_probs
 from edgespec.wire.codec import SamplingParams, SparseQ
 from edgespec.wire.protocol import VerifyMode
+
+# Below this the temperature is the greedy limit; |logit| / 1e-6 stays far inside float32
+# for any logit a real model emits, so p is finite at every temperature served as sampling.
+MIN_TEMPERATURE = 1e-6
+
+
+class NonFiniteTarget(ValueError):
+    """The target's logits or p hold inf or NaN: no token can be drawn from them."""
 
 
 def greedy_accept(draft: Sequence[int], target: Sequence[int]) -> tuple[int, int]:
@@ -47,8 +61,9 @@ def greedy_accept(draft: Sequence[int], target: Sequence[int]) -> tuple[int, int
 
 
 def is_greedy(params: SamplingParams) -> bool:
-    """Argmax verification: temperature 0 (exact) or the GREEDY strategy (lossy if sampling)."""
-    return params.temperature == 0.0 or params.verify == VerifyMode.GREEDY
+    """Argmax verification: temperature 0 or below ``MIN_TEMPERATURE`` (the greedy limit,
+    exact), or the GREEDY strategy (lossy if sampling)."""
+    return params.temperature < MIN_TEMPERATURE or params.verify == VerifyMode.GREEDY
 
 
 def q_row(q: SparseQ | None, i: int, token: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,8 +104,13 @@ def decide(params: SamplingParams, generator: torch.Generator, position: int,
     if len(logits) != len(draft) + 1:
         raise ValueError(f"{len(logits)} logits rows for a draft of {len(draft)}")
     if is_greedy(params):
-        return greedy_accept(draft, logits.argmax(dim=-1).tolist())  # one device sync
+        picks = logits.argmax(dim=-1)
+        if not bool(torch.isfinite(logits.gather(-1, picks[:, None])).all()):
+            raise NonFiniteTarget("the target's logits are not finite")
+        return greedy_accept(draft, picks.tolist())
     p = target_probs(logits, params).cpu()  # (k + 1, V) float64
+    if not bool(torch.isfinite(p).all()) or not bool((p.sum(dim=-1) > 0.5).all()):
+        raise NonFiniteTarget("the target distribution is not finite")
     threshold = params.threshold if params.verify == VerifyMode.THRESHOLD else 2.0
     for i, token in enumerate(draft):
         u_accept, u_pick = position_draws(generator, params.seed, position + i)

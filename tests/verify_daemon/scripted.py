@@ -82,7 +82,7 @@ def serve(engine: Engine, peer: bytes, sid: int, msg: Message, seq: int = 1,
     if reply is not None:
         return reply
     for _ in range(max_steps):
-        for _peer, s, q, m in engine.step():
+        for _peer, s, q, m, _epoch in engine.step():
             if (s, q) == (sid, seq):
                 return m
     raise AssertionError("request never answered")

@@ -169,7 +169,7 @@ def test_preempted_open_is_told_busy_when_nothing_fits():
     a = [1] * 30
     assert engine.submit(b"a", 1, 1, Open(tokens(*a), 10)) is None
     assert engine.submit(b"b", 2, 1, Open(tokens(*a), 10)) is None  # both admitted at once
-    replies = {sid: msg for _p, sid, _q, msg in _drain(engine)}
+    replies = {r.session: r.msg for r in _drain(engine)}
     assert replies[1] == Opened(30)
     assert isinstance(replies[2], Error) and replies[2].code == ErrorCode.OVERLOADED
     assert replies[2].retry_after_ms > 0
@@ -201,7 +201,7 @@ def test_sessions_share_a_common_prompt_prefix_and_stay_exact():
             right = target_greedy(session.tokens, 3)
             draft = [right[0], (right[1] + 1) % VOCAB, right[2]]
             engine.submit(peer, sid, 2 + rnd, Draft(session.length, tokens(*draft)))
-        answered = {s: m for _, s, _, m in engine.step()}
+        answered = {r.session: r.msg for r in engine.step()}
         assert all(isinstance(m, Verdict) and m.accepted == 1 for m in answered.values())
     for sid, prompt in ((1, first), (2, second)):
         session = engine.sessions[sid]

@@ -114,7 +114,7 @@ def test_random_load_is_exact_and_keeps_the_kv_budget(seed):
                 reply = Error(exc.code, str(exc), getattr(exc, "retry_after_ms", 0))
             if reply is not None:
                 c.receive(reply, step)
-        for _peer, sid, seq, msg in engine.step():
+        for _peer, sid, seq, msg, _epoch in engine.step():
             if seq == by_sid[sid].seq:
                 by_sid[sid].receive(msg, step)
         assert engine.blocks.used <= engine.blocks.capacity
