@@ -36,6 +36,10 @@ from edgespec.verify_daemon.config import DaemonConfig
 @click.option("--block-size", type=int, default=16, help="Tokens per KV block.")
 @click.option("--batch-window-ms", type=float, default=2.0,
               help="How long a step waits for sessions about to send (0 = never).")
+@click.option("--step-ms", type=float, default=0.0,
+              help="Time budget of a step while users wait for verdicts: prompt prefill is "
+                   "cut to fit it, at the measured cost per token (0 = auto: 150 on CPU, 50 "
+                   "on CUDA).")
 @click.option("--session-idle", type=float, default=600.0,
               help="Seconds before an idle session (a vanished client) is freed.")
 @click.option("--stats-file", type=click.Path(dir_okay=False), default=None,
@@ -58,13 +62,30 @@ from edgespec.verify_daemon.config import DaemonConfig
               help="Requests per second allowed on one connection.")
 @click.option("--max-sessions-per-peer", type=int, default=16,
               help="Sessions one connection may hold at once.")
-@click.option("--max-msg-size", type=int, default=4 << 20,
-              help="ZMQ_MAXMSGSIZE in bytes: a larger message drops its connection.")
-@click.option("--hwm", type=int, default=1000,
+@click.option("--max-sessions-per-key", type=int, default=16,
+              help="Sessions one CURVE client key may hold at once.")
+@click.option("--max-sessions-per-address", type=int, default=16,
+              help="Sessions one source address (IPv6: one /64) may hold at once.")
+@click.option("--max-prefill-per-address", type=int, default=16_384,
+              help="Prompt tokens one source address may have waiting for prefill.")
+@click.option("--max-msg-size", type=int, default=256 << 10,
+              help="ZMQ_MAXMSGSIZE in bytes, per frame (the largest legitimate frame is a "
+                   "full DRAFT q, 256 KiB): a larger frame drops its connection.")
+@click.option("--max-backlog", type=int, default=4 << 20,
+              help="Bytes a connection may have sent that the daemon has not read as "
+                   "messages (a half-sent message of any frame count); past it the "
+                   "connection is dropped.")
+@click.option("--hwm", type=int, default=100,
               help="ZMQ send/receive high-water mark (messages queued per connection).")
 @click.option("--heartbeat", type=float, default=2.0,
               help="Seconds between ZMTP heartbeats to each client.")
 @click.option("--heartbeat-timeout", type=float, default=6.0,
+@click.option("--max-connections", type=int, default=512,
+              help="TCP connections in all; more are closed as they arrive.")
+@click.option("--max-connections-per-address", type=int, default=32,
+              help="TCP connections from one source address (IPv6: one /64).")
+@click.option("--handshake-timeout", type=float, default=10.0,
+              help="Seconds a new connection has to finish its ZMTP (and CURVE) handshake.")
               help="Seconds of silence before a client's connection is dropped.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics on this port (0 = any free port, printed) "
@@ -80,7 +101,10 @@ def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dty
          stats_file: str | None, cache_dir: str | None, prepare: bool, keys_dir: str | None,
          allow_dir: str | None, insecure: bool, max_rate: float, max_sessions_per_peer: int,
          max_msg_size: int, hwm: int, heartbeat: float, heartbeat_timeout: float,
-         verbose: bool, metrics_port: int | None, metrics_bind: str) -> None:
+         verbose: bool, metrics_port: int | None, metrics_bind: str, step_ms: float,
+         max_sessions_per_key: int, max_sessions_per_address: int,
+         max_prefill_per_address: int, max_backlog: int, max_connections: int,
+         max_connections_per_address: int, handshake_timeout: float) -> None:
     """Verify edge clients' drafts with the full target model (`verifyd keygen DIR` first
     makes the keys for an encrypted server)."""
     if ctx.invoked_subcommand is not None:
@@ -104,7 +128,12 @@ def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dty
         peer_limits = PeerLimits(
             max_rate=max_rate, max_sessions_per_peer=max_sessions_per_peer,
             max_msg_bytes=max_msg_size, hwm=hwm, heartbeat_s=heartbeat,
-            heartbeat_timeout_s=heartbeat_timeout)
+            heartbeat_timeout_s=heartbeat_timeout, max_sessions_per_key=max_sessions_per_key,
+            max_sessions_per_address=max_sessions_per_address,
+            max_prefill_per_address=max_prefill_per_address, max_backlog_bytes=max_backlog,
+            max_connections=max_connections,
+            max_connections_per_address=max_connections_per_address,
+            handshake_timeout_s=handshake_timeout)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -118,7 +147,7 @@ def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dty
             target=resolved,
             bind=bind, port=port, device=device, dtype=dtype, threads=threads,
             max_sessions=max_sessions, max_draft_tokens=max_draft, max_context=max_context,
-            step_tokens=step_tokens, kv_budget_tokens=budget_tokens,
+            step_tokens=step_tokens, step_ms=step_ms, kv_budget_tokens=budget_tokens,
             kv_budget_bytes=budget_bytes, block_size=block_size,
             batch_window_ms=batch_window_ms, session_idle_s=session_idle,
             stats_file=stats_file or "",

@@ -35,6 +35,7 @@ class DaemonConfig:
     max_context: int = 8192
     prefill_chunk: int = 512  # most prompt tokens one session prefills in one step
     step_tokens: int = 0  # most tokens (all sessions) in one forward pass; 0 = auto
+    step_ms: float = 0.0  # a step's time budget while users wait (prefill is cut to fit); 0 = auto
     kv_budget_tokens: int = 0  # 0 and kv_budget_bytes 0: auto (see model_runner)
     kv_budget_bytes: int = 0
     block_size: int = 16  # tokens per KV block
@@ -56,6 +57,8 @@ class DaemonConfig:
             raise ValueError("step_tokens must hold at least two full drafts (or be 0: auto)")
         if self.block_size < 1 or self.kv_budget_tokens < 0 or self.kv_budget_bytes < 0:
             raise ValueError("block_size must be positive and the KV budget not negative")
+        if not 0 <= self.step_ms <= 60_000:
+            raise ValueError("step_ms must be in 0..60000 (0 = auto)")
         if self.session_idle_s <= 0 or self.retry_after_ms < 0 or self.batch_window_ms < 0:
             raise ValueError("session_idle_s must be positive, retry_after_ms and "
                              "batch_window_ms not negative")

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 from edgespec.models.fingerprint import describe_mismatch
 from edgespec.verify_daemon.config import DaemonConfig
 from edgespec.verify_daemon.model_runner import ModelRunner
 from edgespec.verify_daemon.scheduler import Chunk, Scheduler
 from edgespec.verify_daemon.session import Session, Work
-from edgespec.verify_daemon.verify import decide, is_greedy
+from edgespec.verify_daemon.verify import NonFiniteTarget, decide, is_greedy
 from edgespec.wire.codec import (
     Close,
     Closed,
@@ -50,7 +50,16 @@ from edgespec.wire.protocol import VerifyMode
 
 log = logging.getLogger(__name__)
 
-Reply = tuple[bytes, int, int, Message]  # peer, session id, request seq, message
+
+
+class Reply(NamedTuple):
+    """An answer to a queued request, addressed as the request was (its seq and epoch)."""
+
+    peer: bytes
+    session: int
+    seq: int
+    msg: Message
+    epoch: int = 0
 
 
 class Engine:
@@ -64,7 +73,9 @@ class Engine:
             getattr(runner, "device", None), config.max_draft_tokens)
         self.scheduler = Scheduler(runner.blocks, config.max_sessions, self.step_tokens,
                                    config.prefill_chunk, config.max_draft_tokens,
-                                   config.retry_after_ms)
+                                   config.retry_after_ms,
+                                   config.step_ms / 1000.0 if config.step_ms else
+                                   auto_step_s(getattr(runner, "device", None)))
         self.sessions = self.scheduler.sessions  # LRU order: least recently active first
         self.steps = 0
         self.forward_tokens = 0
@@ -73,21 +84,24 @@ class Engine:
         self.busy = 0
         self.expired = 0
         self.round_shapes: dict[tuple[int, int], int] = {}  # (drafted, accepted) -> rounds
+        self.non_finite = 0
+        self.superseded: list[Reply] = []  # answers to requests a re-open replaced (server drains)
 
     # ------------------------------------------------------------ requests
 
-    def submit(self, peer: bytes, sid: int, seq: int, msg: Message, owner: str = ""
-               ) -> Message | None:
+    def submit(self, peer: bytes, sid: int, seq: int, msg: Message, owner: str = "",
+               epoch: int = 0, address: str = "") -> Message | None:
         """Answer now, or queue the request and return None (``step`` answers it).
 
-        ``owner`` is the authenticated client key (CURVE), "" without one. Raises only
-        ``WireError`` for the client's mistakes, and then changes nothing.
+        ``owner`` is the authenticated client key (CURVE), "" without one; ``address`` the
+        connection's source address; ``epoch`` the request's, echoed by the answer. Raises
+        only ``WireError`` for the client's mistakes, and then changes nothing.
         """
         if isinstance(msg, Draft):
-            self._queue_draft(peer, sid, seq, msg)
+            self._queue_draft(peer, sid, seq, msg, epoch)
             return None
         if isinstance(msg, Open):
-            return self._queue_open(peer, sid, seq, msg, owner)
+            return self._queue_open(peer, sid, seq, msg, owner, epoch, address)
         if isinstance(msg, Hello):
             return self.hello(msg)
         if isinstance(msg, Close):
@@ -113,8 +127,8 @@ class Engine:
             chat_template=self.info.chat_template,
         )
 
-    def _queue_open(self, peer: bytes, sid: int, seq: int, msg: Open, owner: str = ""
-                    ) -> Opened | None:
+    def _queue_open(self, peer: bytes, sid: int, seq: int, msg: Open, owner: str = "",
+                    epoch: int = 0, address: str = "") -> Opened | None:
         """Create or rebuild a session at the client's position, reusing a common KV prefix;
         the prefill then runs in chunks inside the scheduler's steps. A re-open may come from
         a new connection (a reconnect), but only from the client key that opened it."""
@@ -128,12 +142,18 @@ class Engine:
         if len(tokens) >= self.max_context:
             raise LimitExceeded(f"{len(tokens)} tokens exceed the context of {self.max_context}")
         self._check_fits(len(tokens))
+        if old is not None and old.pending is not None:  # answered: nothing is left hanging
+            self.superseded.append(Reply(
+                old.peer, sid, old.pending.seq, Error(
+                    ErrorCode.OUT_OF_SYNC, "superseded by a re-open of this session"),
+                old.pending.epoch))
         if old is not None and old.peer != peer:  # a reconnect (the server refused stale epochs)
             log.info("session %#x moves to a new connection", sid)
             old.peer = peer
         now = time.monotonic()
         if old is not None:
             self.scheduler.done(old)  # a re-open supersedes whatever was in flight
+            old.address = address or old.address
             keep = min(old.cached, _common_prefix(old.tokens[:-1], tokens[:-1]))
             keep = self.blocks.truncate(old.blocks, keep)
             old.cached, old.tokens = keep, tokens
@@ -148,7 +168,7 @@ class Engine:
                 self.busy += 1
                 raise
             session = Session(sid, peer, tokens, msg.sampling, msg.max_new_tokens, len(tokens),
-                              now, owner=owner)
+                              now, owner=owner, address=address)
             session.blocks = self.blocks.match_prefix(tokens, len(tokens) - 1)  # shared prefix
             session.published = len(session.blocks)
             session.cached = session.published * self.blocks.block_size
@@ -157,10 +177,11 @@ class Engine:
         self.scheduler.touch(session, now)
         if session.to_prefill == 0:
             return Opened(session.length)
-        self.scheduler.submit(session, Work("open", seq, self.scheduler.step_no, now))
+        self.scheduler.submit(session, Work("open", seq, epoch, self.scheduler.step_no, now))
         return None
 
-    def _queue_draft(self, peer: bytes, sid: int, seq: int, msg: Draft) -> None:
+    def _queue_draft(self, peer: bytes, sid: int, seq: int, msg: Draft, epoch: int = 0
+                     ) -> None:
         session = self._session(peer, sid)
         if session.pending is not None:
             raise OutOfSync("the session's previous request is still being served")
@@ -179,7 +200,7 @@ class Engine:
         self._check_fits(session.length + len(msg.tokens))
         now = time.monotonic()
         self.scheduler.touch(session, now)
-        self.scheduler.submit(session, Work("draft", seq, self.scheduler.step_no, now,
+        self.scheduler.submit(session, Work("draft", seq, epoch, self.scheduler.step_no, now,
                                             msg.tokens.tolist(), msg.q))
 
     def expire(self, now: float) -> int:
@@ -209,7 +230,9 @@ class Engine:
             return replies
         start = time.perf_counter()
         logits = self.runner.run(batch.chunks)  # [rows, vocab] float32
-        verify_us = int((time.perf_counter() - start) * 1e6)
+        elapsed = time.perf_counter() - start
+        self.scheduler.observe(batch.num_tokens, elapsed)
+        verify_us = int(elapsed * 1e6)
         now = time.monotonic()
         row = 0
         for chunk in batch.chunks:
@@ -230,7 +253,15 @@ class Engine:
         work = session.pending
         assert work is not None
         draft = chunk.tokens[1:]
-        accepted, next_token = self._decide(session, draft, work.q, logits_rows)
+        try:
+            accepted, next_token = self._decide(session, draft, work.q, logits_rows)
+        except NonFiniteTarget as exc:  # nothing sampled: the session stays where it was
+            log.warning("session %#x: %s", session.sid, exc)
+            self.non_finite += 1
+            self.blocks.truncate(session.blocks, session.cached)
+            self.scheduler.done(session)
+            return Reply(session.peer, session.sid, work.seq, Error(
+                ErrorCode.INTERNAL, f"{exc}: no token drawn (see the daemon's log)"), work.epoch)
         session.tokens.extend(draft[:accepted])
         session.tokens.append(next_token)
         session.cached = session.length - 1  # rejected positions are dropped by a length
@@ -246,8 +277,8 @@ class Engine:
         self.scheduler.touch(session, now)
         self.rounds += 1
         self.verified_tokens += accepted + 1
-        return (session.peer, session.sid, work.seq,
-                Verdict(accepted, next_token, session.length, verify_us))
+        return Reply(session.peer, session.sid, work.seq,
+                     Verdict(accepted, next_token, session.length, verify_us), work.epoch)
 
     @staticmethod
     def _decide(session: Session, draft_tokens: list[int], q: SparseQ | None,
@@ -273,7 +304,7 @@ class Engine:
         assert work is not None
         self.scheduler.done(session)
         self.scheduler.touch(session, now)
-        return session.peer, session.sid, work.seq, Opened(session.length)
+        return Reply(session.peer, session.sid, work.seq, Opened(session.length), work.epoch)
 
     def _preempted(self, session: Session, work: Work) -> Reply:
         """A session dropped because nothing fitted: busy for an OPEN, lost for a DRAFT."""
@@ -284,7 +315,7 @@ class Engine:
         else:
             msg = Error(ErrorCode.UNKNOWN_SESSION,
                         "session evicted under memory pressure: re-open it with the full history")
-        return session.peer, session.sid, work.seq, msg
+        return Reply(session.peer, session.sid, work.seq, msg, work.epoch)
 
     def fail_waiting(self, message: str) -> list[Reply]:
         """After a failed step: drop every session with a request waiting, answering each."""
@@ -292,8 +323,8 @@ class Engine:
         for sid in list(self.scheduler.waiting):
             session = self.scheduler.remove(sid)
             if session is not None and session.pending is not None:
-                replies.append((session.peer, sid, session.pending.seq,
-                                Error(ErrorCode.INTERNAL, message)))
+                replies.append(Reply(session.peer, sid, session.pending.seq,
+                                     Error(ErrorCode.INTERNAL, message), session.pending.epoch))
         return replies
 
     # ------------------------------------------------------------ checks and stats
@@ -328,6 +359,8 @@ class Engine:
             "prefix_hit_tokens": self.blocks.prefix_hit_tokens,
             "evictions": s.evictions, "preemptions": s.preemptions, "busy": self.busy,
             "expired": self.expired, "max_wait_steps": s.max_wait_steps,
+            "non_finite": self.non_finite, "step_ms_target": round(s.step_s * 1000, 1),
+            "ms_per_token": round(s.s_per_token * 1000, 3),
         }
 
 
@@ -337,6 +370,13 @@ def auto_step_tokens(device: Any, max_draft_tokens: int) -> int:
     thousands of tokens."""
     base = 2048 if getattr(device, "type", "cpu") == "cuda" else 256
     return max(base, 2 * (max_draft_tokens + 1))
+
+
+def auto_step_s(device: Any) -> float:
+    """How long a step may take while users wait for verdicts: on CPU a pass of the real
+    target costs about 5 ms a token, so 150 ms still takes a few dozen prefill tokens a step;
+    a GPU pass is short, so 50 ms."""
+    return 0.05 if getattr(device, "type", "cpu") == "cuda" else 0.15
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
