@@ -140,15 +140,22 @@ def write_atomically(dest: Path, write: Callable[[Path], None]) -> None:
 
 
 def resolve_draft(spec: str | None, cache_dir: Path) -> Path:
-    """Map a CLI ``--draft`` value to a GGUF path: "default", "hard", or a .gguf file."""
+    """Map a CLI ``--draft`` value to a GGUF path: "default", "hard", a .gguf file, or a hub
+    id ``ORG/REPO:FILE.gguf`` (a local file of that name wins)."""
+    from edgespec.models.hub import hub_gguf, parse_hub_id
+
     if spec is None or spec == "default":
         return default_draft_gguf()
     if spec == "hard":
         return hard_draft_gguf(cache_dir)
     path = Path(spec).expanduser()
+    hub_id = parse_hub_id(spec)
+    if hub_id is not None and not path.is_file():
+        return hub_gguf(*hub_id)
     if not path.is_file():
         raise ModelNotFound(
-            f"draft model {spec!r} is not a file; pass 'default', 'hard' or a path to a .gguf"
+            f"draft model {spec!r} is not a file; pass 'default', 'hard', a path to a .gguf "
+            "or a Hugging Face hub id ORG/REPO:FILE.gguf"
         )
     if path.suffix.lower() != ".gguf":
         raise ModelNotFound(f"draft model {spec!r} is not a .gguf file (llama.cpp needs GGUF)")
