@@ -169,8 +169,7 @@ def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dty
     if metrics_port is not None:  # fed by the server after each step, scraped on a thread
         from edgespec.verify_daemon.metrics import Metrics
 
-        server.metrics = Metrics(server.engine)
-        server.metrics.watch_handshakes(server.socket)
+        server.metrics = Metrics(server)
         try:
             bound = server.metrics.serve(metrics_port, metrics_bind)
         except OSError as exc:

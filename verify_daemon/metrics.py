@@ -3,8 +3,9 @@
 Counters the engine already keeps (the ``--stats-file`` ones, and each round's draft length
 and accepted count) are read when Prometheus scrapes, so nothing is counted twice; the
 server feeds only what no counter holds: each step's time and size, and error replies by
-code. Refused handshakes are ZMTP handshake failures read from a socket monitor (a refused
-CURVE client gets no reply to count) plus HELLOs refused for a tokenizer or version.
+code. Refused handshakes are read from their owners too: client keys the CURVE allow-list
+turned away, connections over the caps (``connections.py``), and HELLOs refused for another
+tokenizer or protocol version.
 
 Speculative-decoding names follow vLLM's (``spec_decode_num_drafts_total``,
 ``spec_decode_num_draft_tokens_total``, ``spec_decode_num_accepted_tokens_total``,
@@ -13,12 +14,9 @@ Speculative-decoding names follow vLLM's (``spec_decode_num_drafts_total``,
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import zmq
 from edgespec.wire.codec import Error, Message
 from edgespec.wire.errors import ErrorCode
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -26,26 +24,19 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from edgespec.verify_daemon.engine import Engine
-
-log = logging.getLogger(__name__)
+    from edgespec.verify_daemon.server import Server
 
 STEP_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STEP_TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
-_HANDSHAKE_EVENTS = {
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH: "auth",  # CURVE: key not on the allow-list
-    zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL: "protocol",  # plain client to CURVE, bad greeting
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL: "handshake",
-}
 _REFUSED_HELLO = {ErrorCode.MODEL_MISMATCH: "tokenizer", ErrorCode.VERSION_MISMATCH: "version"}
 
 
 class Metrics:
     """The registry, the server's step/error hooks and the HTTP endpoint Prometheus scrapes."""
 
-    def __init__(self, engine: Engine, registry: CollectorRegistry | None = None):
+    def __init__(self, server: Server, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
-        self.engine = engine
+        self.engine = engine = server.engine
         self.step_seconds = Histogram(
             "verifyd_step_seconds", "Time of one engine step (schedule, forward pass, decide).",
             buckets=STEP_SECONDS, registry=self.registry)
@@ -54,14 +45,14 @@ class Metrics:
             buckets=STEP_TOKENS, registry=self.registry)
         self.errors = Counter("verifyd_errors", "ERROR replies, by code.", ["code"],
                               registry=self.registry)
-        self.refused = Counter(
-            "verifyd_handshakes_refused", "Connections or HELLOs refused, by reason.",
-            ["reason"], registry=self.registry)
+        self.refused_hellos = Counter(
+            "verifyd_hellos_refused", "HELLOs refused, by reason.", ["reason"],
+            registry=self.registry)
         for code in ErrorCode:  # every series exists from the start, at 0
             self.errors.labels(code=code.name)
-        for reason in (*_HANDSHAKE_EVENTS.values(), *_REFUSED_HELLO.values()):
-            self.refused.labels(reason=reason)
-        self.registry.register(EngineCollector(engine))
+        for reason in _REFUSED_HELLO.values():
+            self.refused_hellos.labels(reason=reason)
+        self.registry.register(EngineCollector(server))
         self._steps = engine.steps
         self._forward_tokens = engine.forward_tokens
 
@@ -83,7 +74,7 @@ class Metrics:
         code = ErrorCode(msg.code)
         self.errors.labels(code=code.name).inc()
         if code in _REFUSED_HELLO:
-            self.refused.labels(reason=_REFUSED_HELLO[code]).inc()
+            self.refused_hellos.labels(reason=_REFUSED_HELLO[code]).inc()
 
     # ------------------------------------------------------------ outputs
 
@@ -92,38 +83,17 @@ class Metrics:
         server, _thread = start_http_server(port, addr=bind, registry=self.registry)
         return int(server.server_port)
 
-    def watch_handshakes(self, socket: zmq.Socket) -> None:
-        """Count the ROUTER's failed handshakes; call on the socket's own thread, before
-        serving (the monitor socket is then read on a thread of its own)."""
-        monitor = socket.get_monitor_socket(sum(_HANDSHAKE_EVENTS))
-        threading.Thread(target=self._read_monitor, args=(monitor,), daemon=True,
-                         name="verifyd-handshake-monitor").start()
-
-    def _read_monitor(self, monitor: zmq.Socket) -> None:
-        from zmq.utils.monitor import recv_monitor_message
-
-        try:
-            while True:
-                event = zmq.Event(recv_monitor_message(monitor)["event"])
-                if event == zmq.EVENT_MONITOR_STOPPED:
-                    return
-                if event in _HANDSHAKE_EVENTS:
-                    self.refused.labels(reason=_HANDSHAKE_EVENTS[event]).inc()
-        except zmq.ZMQError:  # the context is ending
-            return
-        finally:
-            monitor.close(0)
-
 
 class EngineCollector(Collector):
-    """The engine's own counters at scrape time (reads of ints and a dict copy: safe from
-    the HTTP thread under the GIL, and never a half-updated step's worth of drift)."""
+    """The engine's and the server's own counters at scrape time (reads of ints and a dict
+    copy: safe from the HTTP thread under the GIL)."""
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    def __init__(self, server: Server):
+        self.server = server
 
     def collect(self) -> Iterator[Metric]:
-        engine = self.engine
+        server = self.server
+        engine = server.engine
         stats = engine.stats()
         shapes = dict(engine.round_shapes)  # (drafted, accepted) -> rounds
         drafts = sum(n for (drafted, _), n in shapes.items() if drafted)
@@ -164,3 +134,13 @@ class EngineCollector(Collector):
                 ("kv_blocks_total", "kv_blocks_total", "KV blocks in the pool."),
                 ("block_size", "kv_block_size_tokens", "Tokens per KV block.")):
             yield GaugeMetricFamily(f"verifyd_{name}", help_text, value=stats[key])
+        allow = server.curve.allow if server.curve is not None else None
+        refused = CounterMetricFamily(
+            "verifyd_handshakes_refused", "Connections turned away before any request: client "
+            "keys not on the CURVE allow-list, connections over the connection caps.",
+            labels=["reason"])
+        refused.add_metric(["allow_list"], allow.refused if allow is not None else 0)
+        refused.add_metric(["connection_cap"], server.connections.refused)
+        yield refused
+        yield GaugeMetricFamily("verifyd_connections", "Client connections open.",
+                                value=server.connections.count)

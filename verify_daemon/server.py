@@ -21,6 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 from edgespec.verify_daemon.connections import Connections
@@ -42,6 +43,9 @@ from edgespec.wire.codec import (
 )
 from edgespec.wire.errors import ErrorCode, WireError
 from edgespec.wire.protocol import Limits
+
+if TYPE_CHECKING:
+    from edgespec.verify_daemon.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +91,7 @@ class Server:
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.requests = 0
         self.errors = 0
+        self.metrics: Metrics | None = None  # verifyd --metrics-port: fed after each step
         self.deferred: list[_Deferred] = []
         self.stepping = False
         self._wake_r, self._wake_w = os.pipe()  # the worker says "step done" through it
@@ -169,6 +174,7 @@ class Server:
     def run_step(self) -> None:
         """One engine step on the worker thread; meanwhile keep answering what needs no
         model, then send the step's replies and queue what arrived for the next one."""
+        started = time.perf_counter()
         future = self._worker.submit(self._step)
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
@@ -188,6 +194,8 @@ class Server:
         except Exception:  # a bug of ours: fail the waiting requests, keep serving
             log.exception("internal error in a verification step")
             replies = self.engine.fail_waiting("internal error in verifyd (see its log)")
+        if self.metrics is not None:
+            self.metrics.stepped(time.perf_counter() - started)
         self._send_replies(replies)
         deferred, self.deferred = self.deferred, []
         for item in deferred:
@@ -201,6 +209,7 @@ class Server:
 
     def _send_replies(self, replies: list[Reply]) -> None:
         for reply in replies:
+            self._observe(reply.msg)
             self._answered(reply.peer, reply.session, reply.epoch, reply.msg)
             self.reply(reply.peer, encode(reply.msg, reply.session, reply.seq, reply.epoch))
 
@@ -250,6 +259,7 @@ class Server:
             self.engine.superseded = []
         if reply is None:  # queued: the next step answers it, under this epoch
             return
+        self._observe(reply)
         self._answered(peer, session, epoch, reply)
         self.reply(peer, encode(reply, session, seq, epoch))
 
@@ -259,7 +269,13 @@ class Server:
         self.errors += 1
         log.info("peer %s: %s: %s", peer.hex(), type(exc).__name__, exc)
         error = Error(exc.code, str(exc), getattr(exc, "retry_after_ms", 0))
+        self._observe(error)
         self.reply(peer, encode(error, *(address or _address_of(body))))
+
+    def _observe(self, reply: Message) -> None:
+        """Count an ERROR reply by code for ``--metrics-port``."""
+        if self.metrics is not None:
+            self.metrics.answered(reply)
 
     def _answered(self, peer: bytes, session: int, epoch: int, reply: Message) -> None:
         """An OPEN that succeeded fixes the session's epoch."""

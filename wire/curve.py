@@ -94,6 +94,7 @@ class AllowList:
             raise BadKey(f"allow-list {self.directory} is not a directory")
         self._signature: tuple[tuple[str, int], ...] = ()
         self._keys: set[bytes] = set()
+        self.refused = 0  # handshakes from keys not on the list (verifyd --metrics-port)
         self._reload_if_changed()
 
     def _reload_if_changed(self) -> None:
@@ -107,7 +108,9 @@ class AllowList:
     def callback(self, domain: str, key: bytes) -> bool:
         """pyzmq's credentials-provider hook: is this Z85 client key allowed?"""
         self._reload_if_changed()
-        return key in self._keys
+        allowed = key in self._keys
+        self.refused += not allowed
+        return allowed
 
 
 @dataclass
