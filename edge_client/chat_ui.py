@@ -32,7 +32,8 @@ class Unfinished:
 def _status(stats: GenerationStats, note: str = "") -> Text:
     line = (f"acceptance {stats.acceptance_rate:.0%} · {stats.tokens_per_s:.1f} tok/s · "
             f"RTT {stats.round_trip_ms:.0f} ms · {stats.tokens_per_round:.1f} tok/round · "
-            f"{stats.bytes_per_round:.0f} B/round · verify {stats.verify}")
+            f"{stats.bytes_per_round:.0f} B/round · verify {stats.verify} · "
+            f"threads {stats.draft_threads}+{stats.daemon_threads} ({stats.thread_split})")
     return Text(f"{line}  {note}".rstrip(), style="dim")
 
 
@@ -137,7 +138,7 @@ def _answer(console: Console, client: EdgeClient, session_id: int,
 def _accumulate(totals: GenerationStats, stats: GenerationStats) -> None:
     for f in fields(GenerationStats):
         value = getattr(stats, f.name)
-        if isinstance(value, str) or f.name == "seed":  # labels: the latest one holds
+        if f.name in GenerationStats.LABELS:  # labels: the latest one holds
             setattr(totals, f.name, value)
         else:
             setattr(totals, f.name, getattr(totals, f.name) + value)

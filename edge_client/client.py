@@ -12,6 +12,7 @@ from edgespec.edge_client.drafter import Drafter
 from edgespec.edge_client.sampling_setup import Sampling
 from edgespec.edge_client.spec_loop import speculate
 from edgespec.edge_client.stats import GenerationStats
+from edgespec.edge_client.threads import ThreadSplit, client_threads, is_local_endpoint
 from edgespec.edge_client.trace import TraceWriter
 from edgespec.edge_client.transport import Link, Liveness, new_session_id
 from edgespec.models.fingerprint import describe_mismatch, fingerprint_llama
@@ -25,7 +26,9 @@ __all__ = ["EdgeClient", "new_session_id"]
 class EdgeClient:
     def __init__(self, config: ClientConfig):
         self.config = config
-        self.drafter = Drafter(config.draft_path, n_ctx=config.n_ctx, n_threads=config.threads)
+        local = is_local_endpoint(config.server)
+        self.drafter = Drafter(config.draft_path, n_ctx=config.n_ctx,
+                               n_threads=client_threads(config.threads, local))
         self.fingerprint = fingerprint_llama(self.drafter.llm)
         curve = CurveClient.from_options(config.server_key, config.client_key)
         self.link = Link(config.server, timeout_s=config.timeout_s, curve=curve,
@@ -39,6 +42,8 @@ class EdgeClient:
                 + describe_mismatch(self.fingerprint, self.welcome.fingerprint)
             )
         self.stop_ids = tuple(self.welcome.eos_ids)
+        self.threads = ThreadSplit.choose(config.threads, local, self.welcome)
+        self.drafter.set_threads(self.threads.draft)
         self.policy = self.new_policy(config.draft_tokens)
 
     def new_policy(self, draft_tokens: int) -> DraftLength:
@@ -70,6 +75,8 @@ class EdgeClient:
         sampling = sampling or Sampling()
         self.drafter.sampling = sampling.draft
         stats.verify, stats.seed = sampling.verify_label, sampling.target.seed
+        stats.draft_threads, stats.daemon_threads = self.threads.draft, self.threads.daemon
+        stats.thread_split = self.threads.reason
         self.link.notify = on_wait
         return speculate(
             self.drafter, self.link, session_id, tokens, max_new_tokens,

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-
-
-def default_threads() -> int:
-    """All cores up to 8: locally the draft and the daemon take turns, they rarely overlap."""
-    return max(1, min(8, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
     server: str = "tcp://127.0.0.1:5557"
     draft_path: str = ""
-    threads: int = 2
+    threads: int = 0  # llama.cpp threads; 0 = auto (split with a daemon on this machine)
     n_ctx: int = 4096
     draft_tokens: int = 16  # the most tokens one round may draft
     adaptive: bool = True  # pick k per round from live acceptance and timings
@@ -31,5 +25,5 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.draft_tokens <= 64:
             raise ValueError("draft_tokens must be in 0..64")
-        if self.threads < 1:
-            raise ValueError("threads must be at least 1")
+        if self.threads < 0:
+            raise ValueError("threads must be at least 1 (or 0: auto)")

@@ -6,17 +6,54 @@ the KV cache past that position before it appends, as llama.cpp's speculative ex
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-from collections.abc import Sequence
+import functools
+import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 import numpy as np
 import numpy.typing as npt
 from edgespec.edge_client.draft_sampling import DraftSampling, draft_uniform, draw, sparse_q
+from edgespec.models.cpu import AmxDecision, amx_decision
 from edgespec.wire.codec import SparseQ
 
 QRow = tuple[int, npt.NDArray[np.int32], npt.NDArray[np.float32]]  # token, support ids, probs
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def llama_amx_decision() -> AmxDecision:
+    """Whether this llama.cpp build could reach its AMX kernels on this CPU (said once)."""
+    decision = amx_decision(llama_cpp.llama_print_system_info().decode(errors="replace"))
+    if decision.avoid_extra_buffers:
+        log.warning("llama.cpp was built with AMX kernels, which crash on some AMX CPUs "
+                    "(llama.cpp#20824): drafting without extra buffer types (slower). "
+                    "For full speed: %s", decision.fix)
+    return decision
+
+
+@contextlib.contextmanager
+def _without_extra_buffers() -> Iterator[None]:
+    """Load with ``use_extra_bufts = False``, the one switch that keeps the AMX buffer type
+    (and with it ``ggml_backend_amx_mul_mat``) unreachable. ``Llama()`` builds its model
+    params inside its constructor, so the defaults it asks for are the only hook."""
+    low = llama_cpp.llama_cpp
+    original = low.llama_model_default_params
+
+    def params() -> Any:
+        p = original()
+        p.use_extra_bufts = False
+        return p
+
+    low.llama_model_default_params = params
+    try:
+        yield
+    finally:
+        low.llama_model_default_params = original
 
 
 class Drafter:
@@ -24,15 +61,25 @@ class Drafter:
 
     def __init__(self, gguf: Path | str, n_ctx: int = 4096, n_threads: int = 2,
                  n_batch: int = 512):
-        self.llm = llama_cpp.Llama(
-            model_path=str(gguf), n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
-            n_threads_batch=n_threads, logits_all=False, flash_attn=True, verbose=False,
-        )
+        self.amx = llama_amx_decision()
+        guard = _without_extra_buffers() if self.amx.avoid_extra_buffers \
+            else contextlib.nullcontext()
+        with guard:
+            self.llm = llama_cpp.Llama(
+                model_path=str(gguf), n_ctx=n_ctx, n_batch=n_batch, n_threads=n_threads,
+                n_threads_batch=n_threads, logits_all=False, flash_attn=True, verbose=False,
+            )
         self.n_vocab = self.llm.n_vocab()
+        self.n_threads = n_threads
         self.n_ctx = n_ctx
         self._logits_valid = False  # True when the context's last logits row follows n_tokens
         self.sampling: DraftSampling | None = None  # None or temperature 0: argmax drafting
         self._q: dict[int, QRow] = {}  # position -> what was sampled there and from which q
+
+    def set_threads(self, n_threads: int) -> None:
+        """Use ``n_threads`` from the next decode on (after the daemon said where it runs)."""
+        llama_cpp.llama_set_n_threads(self.llm.ctx, n_threads, n_threads)
+        self.n_threads = n_threads
 
     # ------------------------------------------------------------ text
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 
 @dataclass(slots=True)
@@ -26,6 +27,12 @@ class GenerationStats:
     bytes_received: int = 0
     verify: str = "exact"  # the daemon's verification strategy; "(lossy)" when it is
     seed: int = 0  # the sampling seed (0 when greedy): rerun with it to reproduce
+    draft_threads: int = 0  # llama.cpp threads the draft ran on
+    daemon_threads: int = 0  # the daemon's CPU threads, as its WELCOME said
+    thread_split: str = ""  # why: "explicit", "same machine", "same machine, GPU", "remote"
+
+    LABELS: ClassVar[tuple[str, ...]] = (
+        "verify", "seed", "draft_threads", "daemon_threads", "thread_split")
 
     @property
     def acceptance_rate(self) -> float:

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any, NamedTuple
 
+from edgespec.models.cpu import host_id
 from edgespec.models.fingerprint import describe_mismatch
 from edgespec.verify_daemon.config import DaemonConfig
 from edgespec.verify_daemon.model_runner import ModelRunner
@@ -67,6 +68,7 @@ class Engine:
         self.runner = runner
         self.config = config
         self.info = runner.info
+        self.host_id = host_id()  # in WELCOME: a client on this machine leaves our cores
         self.blocks = runner.blocks
         self.max_context = min(config.max_context, runner.info.max_context)
         self.step_tokens = config.step_tokens or auto_step_tokens(
@@ -125,6 +127,9 @@ class Engine:
             model_name=self.info.name,
             eos_ids=self.info.eos_ids,
             chat_template=self.info.chat_template,
+            host_id=self.host_id,
+            threads=self.info.cpu_threads,
+            on_gpu=self.info.on_gpu,
         )
 
     def _queue_open(self, peer: bytes, sid: int, seq: int, msg: Open, owner: str = "",

@@ -69,6 +69,8 @@ class TargetInfo:
     eos_ids: tuple[int, ...]
     chat_template: str
     fingerprint: bytes
+    cpu_threads: int = 0  # torch's intra-op threads (told to a client on the same machine)
+    on_gpu: bool = False
 
 
 class Chunk(Protocol):
@@ -174,6 +176,7 @@ class ModelRunner:
             eos_ids=stop_token_ids(self.tokenizer, self.model.generation_config),
             chat_template=self.tokenizer.chat_template or "",
             fingerprint=fingerprint_hf_tokenizer(self.tokenizer),
+            cpu_threads=torch.get_num_threads(), on_gpu=self.device.type != "cpu",
         )
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         layers = int(text.num_hidden_layers)

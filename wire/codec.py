@@ -25,6 +25,7 @@ from edgespec.wire.errors import (
 from edgespec.wire.protocol import (
     FINGERPRINT_BYTES,
     HEADER,
+    HOST_ID_BYTES,
     MAGIC,
     VERSION,
     Limits,
@@ -104,10 +105,13 @@ class Hello:
 
 @dataclass(frozen=True, slots=True)
 class Welcome:
-    """Daemon → client: the target's identity, limits, stop ids and chat template."""
+    """Daemon → client: the target's identity, limits, stop ids and chat template, and
+    where it runs (a host id and its CPU threads), so a client on the same machine can take
+    only the cores the daemon leaves."""
 
     TYPE: ClassVar[MsgType] = MsgType.WELCOME
     _FMT: ClassVar[struct.Struct] = struct.Struct(f"<{FINGERPRINT_BYTES}sIHI")
+    _HOST: ClassVar[struct.Struct] = struct.Struct(f"<{HOST_ID_BYTES}sHB")
     fingerprint: bytes
     vocab_size: int
     max_draft_tokens: int
@@ -115,6 +119,9 @@ class Welcome:
     model_name: str
     eos_ids: tuple[int, ...]
     chat_template: str
+    host_id: bytes = bytes(HOST_ID_BYTES)  # all zero: not said
+    threads: int = 0  # the daemon's torch CPU threads (0: not said)
+    on_gpu: bool = False  # verification runs on an accelerator: its CPU threads barely work
 
     def body(self) -> list[bytes]:
         fixed = self._FMT.pack(
@@ -125,16 +132,21 @@ class Welcome:
             self.model_name.encode(),
             _tokens_to_frame(list(self.eos_ids)),
             self.chat_template.encode(),
+            self._HOST.pack(self.host_id, self.threads, int(self.on_gpu)),
         ]
 
     @classmethod
     def parse(cls, frames: list[bytes], limits: Limits) -> Welcome:
-        _check_frames(frames, 4, "WELCOME")
+        _check_frames(frames, 5, "WELCOME")
         fp, vocab, kmax, ctx = _unpack(cls._FMT, frames[0], "WELCOME")
         name = _text_from_frame(frames[1], limits.max_name_bytes, "WELCOME name")
         eos = _tokens_from_frame(frames[2], limits.max_eos_ids, limits, "WELCOME eos")
         template = _text_from_frame(frames[3], limits.max_text_bytes, "WELCOME template")
-        return cls(fp, vocab, kmax, ctx, name, tuple(int(t) for t in eos), template)
+        host, threads, on_gpu = _unpack(cls._HOST, frames[4], "WELCOME host")
+        if on_gpu > 1:
+            raise MalformedFrame(f"WELCOME: on_gpu flag {on_gpu} is not 0 or 1")
+        return cls(fp, vocab, kmax, ctx, name, tuple(int(t) for t in eos), template, host,
+                   threads, bool(on_gpu))
 
 
 @dataclass(frozen=True, slots=True)

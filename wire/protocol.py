@@ -25,9 +25,11 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 MAGIC = b"ESPD"
-VERSION = 2  # 2: the reserved u16 of version 1 carries the connection epoch
+VERSION = 3  # 2: the reserved u16 of version 1 carries the connection epoch; 3: WELCOME
+#              says where the daemon runs (host id, CPU threads)
 HEADER = struct.Struct("<4sBBHQI")
 FINGERPRINT_BYTES = 32
+HOST_ID_BYTES = 16
 
 
 class MsgType(IntEnum):
