@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import click
-from edgespec.edge_client.config import ClientConfig, default_threads
+from edgespec.edge_client.config import ClientConfig
+from edgespec.edge_client.doctor import doctor_options, run_doctor
 from edgespec.edge_client.sampling_setup import SamplingOptions, click_options
 from edgespec.env_options import read_from_environment
 
@@ -25,8 +26,10 @@ def _common(fn: Any) -> Any:
                      help="Draft GGUF path, a Hugging Face hub id ORG/REPO:FILE.gguf "
                           "(downloaded once into the hub cache), 'default' (bundled "
                           "SmolLM2-135M Q4_1) or 'hard' (the same requantized to Q2_K)."),
-        click.option("--threads", type=int, default=None,
-                     help="llama.cpp threads for the draft [default: cores, up to 8]."),
+        click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="llama.cpp threads for the draft [default: with verifyd on this "
+                          "machine, the cores it leaves; with a remote one, every core up "
+                          "to 8]."),
         click.option("--draft-tokens", "-k", type=click.IntRange(0, 64), default=16,
                      show_default=True, help="Most tokens drafted per round (0 = target only)."),
         click.option("--fixed-k", is_flag=True,
@@ -80,7 +83,7 @@ def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fix
         raise click.ClickException(str(exc)) from exc
     return ClientConfig(
         server=server, draft_path=str(draft_path),
-        threads=threads or default_threads(), draft_tokens=draft_tokens,
+        threads=threads or 0, draft_tokens=draft_tokens,
         adaptive=not fixed_k, pipeline=pipeline, timeout_s=timeout, timed_k=not seeded,
         server_key=server_key, client_key=client_key, heartbeat_s=heartbeat,
         connect_timeout_s=connect_timeout, reconnect_for_s=reconnect_for,
@@ -252,6 +255,16 @@ def chat(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_
     client = _connect(config)
     with _open_trace(trace_path) as trace:
         run_chat(client, max_tokens, system, trace, resolved)
+
+
+# ---------------------------------------------------------------- doctor
+
+
+@main.command()
+@doctor_options
+def doctor(**options: Any) -> None:
+    """Will this machine run edgespec well? Checks, measurements and fixes."""
+    run_doctor("edgespec doctor", **options)
 
 
 # ---------------------------------------------------------------- serve

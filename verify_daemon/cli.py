@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+from typing import Any
 
 import click
+from edgespec.edge_client.doctor import doctor_options, run_doctor
 from edgespec.env_options import read_from_environment
 from edgespec.verify_daemon.config import DaemonConfig
 
@@ -22,8 +24,9 @@ from edgespec.verify_daemon.config import DaemonConfig
 @click.option("--dtype", default="auto",
               type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
               help="auto = float32 on CPU, bfloat16 on CUDA.")
-@click.option("--threads", type=int, default=0,
-              help="torch CPU threads (0 = torch default: one per core).")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="torch CPU threads (0 = auto: bound to loopback, clients draft on this "
+                   "machine, so the larger half of the cores; otherwise all of them).")
 @click.option("--max-sessions", type=int, default=64, help="Concurrent sessions before 'busy'.")
 @click.option("--max-draft", type=int, default=32, help="Longest draft accepted per round.")
 @click.option("--max-context", type=int, default=8192, help="Longest session in tokens.")
@@ -33,13 +36,13 @@ from edgespec.verify_daemon.config import DaemonConfig
 @click.option("--step-tokens", type=int, default=0,
               help="Most tokens, all sessions together, in one forward pass "
                    "(0 = auto: 256 on CPU, 2048 on CUDA).")
-@click.option("--block-size", type=int, default=16, help="Tokens per KV block.")
-@click.option("--batch-window-ms", type=float, default=2.0,
-              help="How long a step waits for sessions about to send (0 = never).")
 @click.option("--step-ms", type=float, default=0.0,
               help="Time budget of a step while users wait for verdicts: prompt prefill is "
                    "cut to fit it, at the measured cost per token (0 = auto: 150 on CPU, 50 "
                    "on CUDA).")
+@click.option("--block-size", type=int, default=16, help="Tokens per KV block.")
+@click.option("--batch-window-ms", type=float, default=2.0,
+              help="How long a step waits for sessions about to send (0 = never).")
 @click.option("--session-idle", type=float, default=600.0,
               help="Seconds before an idle session (a vanished client) is freed.")
 @click.option("--stats-file", type=click.Path(dir_okay=False), default=None,
@@ -77,15 +80,15 @@ from edgespec.verify_daemon.config import DaemonConfig
                    "connection is dropped.")
 @click.option("--hwm", type=int, default=100,
               help="ZMQ send/receive high-water mark (messages queued per connection).")
-@click.option("--heartbeat", type=float, default=2.0,
-              help="Seconds between ZMTP heartbeats to each client.")
-@click.option("--heartbeat-timeout", type=float, default=6.0,
 @click.option("--max-connections", type=int, default=512,
               help="TCP connections in all; more are closed as they arrive.")
 @click.option("--max-connections-per-address", type=int, default=32,
               help="TCP connections from one source address (IPv6: one /64).")
 @click.option("--handshake-timeout", type=float, default=10.0,
               help="Seconds a new connection has to finish its ZMTP (and CURVE) handshake.")
+@click.option("--heartbeat", type=float, default=2.0,
+              help="Seconds between ZMTP heartbeats to each client.")
+@click.option("--heartbeat-timeout", type=float, default=6.0,
               help="Seconds of silence before a client's connection is dropped.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="Serve Prometheus metrics on this port (0 = any free port, printed) "
@@ -113,6 +116,7 @@ def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dty
     from pathlib import Path
 
     from edgespec.models.convert import resolve_target
+    from edgespec.models.cpu import daemon_threads
     from edgespec.models.paths import default_cache_dir
     from edgespec.verify_daemon.config import parse_kv_budget
     from edgespec.verify_daemon.engine import Engine
@@ -141,6 +145,8 @@ def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dty
     if prepare:
         click.echo(f"target ready: {resolved}")
         return
+    explicit_threads = threads > 0
+    threads = daemon_threads(threads, _is_loopback(bind))
     try:
         budget_tokens, budget_bytes = parse_kv_budget(kv_budget)
         config = DaemonConfig(
@@ -162,6 +168,10 @@ def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dty
                         allow_dir=Path(allow_dir) if allow_dir else None)
     except BadKey as exc:
         raise click.ClickException(str(exc)) from exc
+    click.echo(f"verifyd: {runner.info.cpu_threads} CPU threads ("
+               + ("--threads" if explicit_threads else
+                  "auto: loopback, clients on this machine take the rest" if _is_loopback(bind)
+                  else "auto: every core") + ")", err=True)
     if keys_dir:
         click.echo(f"verifyd: CURVE on, server key {server.curve.keys.public.decode()}"
                    + (f", clients allowed from {allow_dir}" if allow_dir else
@@ -227,6 +237,13 @@ def keygen(directory: str, name: str) -> None:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"public key  {public}  ({load_public_key(str(public)).decode()})")
     click.echo(f"secret key  {secret}  (mode 0600: keep it on this machine)")
+
+
+@main.command()
+@doctor_options
+def doctor(**options: Any) -> None:
+    """Will this machine serve edgespec well? Checks, measurements and fixes."""
+    run_doctor("verifyd doctor", **options)
 
 
 read_from_environment(main, "VERIFYD")
