@@ -41,8 +41,11 @@ def run_chat(client: EdgeClient, max_tokens: int, system: str | None,
              trace: TraceWriter | None = None, sampling: Sampling | None = None) -> None:
     console = Console()
     sampling = sampling or Sampling()
+    split = client.threads
     console.print(f"[bold]edgespec[/] · target [cyan]{client.welcome.model_name}[/] at "
                   f"{client.config.server} · {HELP}")
+    console.print(f"[dim]threads: draft {split.draft} + daemon {split.daemon} "
+                  f"({split.reason})[/]")
     if sampling.target.temperature > 0:
         t = sampling.target
         console.print(f"[dim]sampling: temperature {t.temperature:g}, top-k {t.top_k}, "

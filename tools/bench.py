@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 from edgespec.edge_client.draft_length import expected_tokens
+from edgespec.models.cpu import cpu_model, usable_cores
 from edgespec.tools.bench_batching import batching
 from edgespec.tools.bench_distribution import distribution, pair_paths
 from rich.console import Console
@@ -154,11 +155,13 @@ def summarize(tallies: dict[str, Tally], stats: Any, compare_ids: bool = True
             "wire_and_daemon_overhead": round((stats.round_trip_s - stats.verify_s) / wall, 3),
         },
         "ahead_tokens_used": f"{stats.ahead_used}/{stats.ahead_drafted}",
+        "threads": {"draft": stats.draft_threads, "daemon": stats.daemon_threads,
+                    "split": stats.thread_split},
     }
 
 
-def print_table(console: Console, results: dict[str, Any]) -> None:
-    table = Table(title="edgespec vs target alone (tokens/s)")
+def print_table(console: Console, results: dict[str, Any], caption: str = "") -> None:
+    table = Table(title="edgespec vs target alone (tokens/s)", caption=caption)
     for col in ("pair", "set", "generate", "daemon k=0", "edgespec", "× generate",
                 "× k=0", "accept", "tok/round", "ideal ×", "identical"):
         table.add_column(col, justify="right")
@@ -206,7 +209,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 @click.option("--threads", type=int, default=2,
               help="Threads for the target-alone baseline (all cores of this box).")
 @click.option("--split-threads", type=int, default=1,
-              help="Threads for the draft and for verifyd each: they run at the same time.")
+              help="Threads for the draft and for verifyd each: they run at the same time "
+                   "(0: no thread flags at all, each side's own default split).")
 @click.option("--pipeline/--no-pipeline", default=True, help="Draft while verifying.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON line.")
 @click.option("--plot", "plot_path", type=click.Path(), default="bench-out/bench.png")
@@ -229,7 +233,10 @@ def main(ctx: click.Context, pairs: str, sets_: str, n: int, max_tokens: int,
             results[pair] = run_pair(pair, sets_.split(","), n, max_tokens, draft_tokens,
                                      threads, split_threads, pipeline, progress, Path(tmp),
                                      sampling, draft_temperature)
-    print_table(console, results)
+    split = (f"draft {split_threads} + verifyd {split_threads} threads" if split_threads
+             else "no thread flags (each side's default split)")
+    caption = f"{cpu_model()} · {usable_cores()} cores · generate {threads} threads · {split}"
+    print_table(console, results, caption)
     plot(results, Path(plot_path))
     console.print(f"plot: {plot_path}")
     if as_json:

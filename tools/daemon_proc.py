@@ -42,10 +42,11 @@ def free_port() -> int:
 
 def start_daemon(target: Path | str, log: Path, *extra: str, threads: int = 2,
                  timeout_s: float = 180.0, port: int = 0) -> DaemonProcess:
-    """Start ``verifyd`` (``port`` 0: any free one) and wait for its ready line, which names
-    the endpoint."""
+    """Start ``verifyd`` (``port`` 0: any free one; ``threads`` 0: its own default) and wait
+    for its ready line, which names the endpoint."""
     cmd = [sys.executable, "-m", "edgespec.verify_daemon.cli", "--port", str(port),
-           "--target", str(target), "--threads", str(threads), "-v", *extra]
+           "--target", str(target), *(["--threads", str(threads)] if threads else []), "-v",
+           *extra]
     with log.open("w") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout_s
