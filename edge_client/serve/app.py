@@ -194,12 +194,13 @@ def run_server(config: ClientConfig, host: str, port: int, max_queue: int, max_b
     import uvicorn
 
     worker = Worker(config, max_queue, trace)
-    try:
-        model = model_name or worker.connect().welcome.model_name
+    target = "edgespec"
+    try:  # connect now: a bad draft or key shows at once, and the first answer is quick
+        target = worker.connect().welcome.model_name
     except ApiError as exc:
         click.secho(f"warning: {exc.message}; requests get HTTP 503 until it answers",
                     fg="yellow", err=True)
-        model = model_name or "edgespec"
+    model = model_name or target
     if not _is_loopback(host):
         click.secho(f"warning: serving {host} without authentication: anyone who can reach "
                     "this port can use your verifyd session", fg="yellow", err=True)

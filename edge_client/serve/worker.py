@@ -113,6 +113,13 @@ class TextStream:
         return piece
 
 
+def _live(stats: GenerationStats, started: float) -> dict[str, Any]:
+    """The stats mid-answer: the loop adds up its wall time only at the end."""
+    live = stats.as_dict()
+    live["tokens_per_s"] = round(stats.generated / max(time.perf_counter() - started, 1e-6), 2)
+    return live
+
+
 class Worker:
     """Owns the ``EdgeClient`` and the queue; ``run_forever`` is the thread's body."""
 
@@ -222,6 +229,7 @@ class Worker:
         text = TextStream(client.text, job.stops)
         session = new_session_id()
         finish, piece = "length", ""
+        started = time.perf_counter()
         rounds = client.generate(session, tokens, limit, stats, policy=policy,
                                  trace=self.trace, sampling=sampling)
         try:
@@ -234,7 +242,7 @@ class Worker:
                     finish = "stop"
                     break
                 if piece:
-                    job.emit(Piece(piece, stats.as_dict()))
+                    job.emit(Piece(piece, _live(stats, started)))
                     piece = ""
             piece += text.finish()  # the held-back tail
         except LimitExceeded as exc:

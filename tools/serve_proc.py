@@ -1,0 +1,46 @@
+"""Run ``edgespec serve`` as a separate process on a free loopback port, for tests."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class ServeProcess:
+    process: subprocess.Popen[str]
+    url: str  # http://127.0.0.1:PORT/
+    log: Path
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_serve(server: str, log: Path, *extra: str, threads: int = 1,
+                timeout_s: float = 120.0, command: list[str] | None = None) -> ServeProcess:
+    """Start ``edgespec serve`` against ``server`` on any free port and wait for its ready
+    line, which names the URL (``command``: another ``edgespec``, e.g. an installed one)."""
+    cmd = [*(command or [sys.executable, "-m", "edgespec.edge_client.cli"]), "serve",
+           "--server", server, "--port", "0", "--threads", str(threads), *extra]
+    with log.open("w") as out:
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        match = re.search(r"edgespec serve ready on (http://\S+/)", log.read_text())
+        if match:
+            return ServeProcess(process, match.group(1), log)
+        if process.poll() is not None:
+            raise RuntimeError(f"edgespec serve exited early:\n{log.read_text()}")
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"edgespec serve did not become ready:\n{log.read_text()}")
