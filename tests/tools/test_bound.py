@@ -1,0 +1,94 @@
+"""The bound model, checked on cases whose answers are known by hand."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from edgespec.edge_client.draft_length import expected_tokens
+from edgespec.tools.bound import Parts, VerifyCost, best, rate, round_cost
+
+FLAT = VerifyCost.from_table({1: 0.05})  # a pass costs 50 ms at any width (a GPU, roughly)
+
+
+def test_verify_cost_interpolates_and_extends_the_last_segment():
+    v = VerifyCost.from_table({1: 0.010, 4: 0.016, 8: 0.020})
+    assert v(1) == pytest.approx(0.010)
+    assert v(2) == pytest.approx(0.012)
+    assert v(6) == pytest.approx(0.018)
+    assert v(16) == pytest.approx(0.028)  # extends 4 -> 8's slope of 1 ms a token
+
+
+def test_verify_cost_needs_widths_from_one():
+    with pytest.raises(ValueError):
+        VerifyCost.from_table({})
+    with pytest.raises(ValueError):
+        VerifyCost.from_table({0: 0.01})
+
+
+def test_no_acceptance_means_the_daemon_alone():
+    parts = Parts(draft_s_per_token=0.01, verify=FLAT, round_trip_s=0.02)
+    b = best(parts, 0.0, k_max=16)
+    assert b.sequential_k == 0 and b.pipelined_k == 0
+    assert b.sequential_tok_s == pytest.approx(1 / 0.07)
+
+
+def test_full_acceptance_with_free_drafting_takes_the_longest_draft():
+    parts = Parts(draft_s_per_token=0.0, verify=FLAT, round_trip_s=0.0)
+    b = best(parts, 1.0, k_max=8)
+    assert b.sequential_k == 8
+    assert b.sequential_tok_s == pytest.approx(9 / 0.05)
+
+
+def test_sequential_round_is_drafting_plus_trip_plus_verify():
+    parts = Parts(0.01, VerifyCost.from_table({1: 0.03, 5: 0.07}), round_trip_s=0.02)
+    assert round_cost(parts, 0.5, 4, pipelined=False) == pytest.approx(0.04 + 0.02 + 0.07)
+    expected = (1 - 0.5 ** 5) / 0.5
+    assert rate(parts, 0.5, 4, pipelined=False) == pytest.approx(expected / 0.13)
+
+
+def test_pipelining_hides_drafting_only_when_the_round_hits():
+    parts = Parts(0.01, FLAT, round_trip_s=0.05)
+    a, k = 0.8, 4
+    hit = a ** 5
+    seq = round_cost(parts, a, k, pipelined=False)
+    pipe = round_cost(parts, a, k, pipelined=True)
+    assert pipe == pytest.approx(hit * 0.10 + (1 - hit) * 0.14)
+    assert pipe < seq
+
+
+def test_pipelined_bound_is_never_below_sequential():
+    rng = random.Random(7)
+    for _ in range(200):
+        table = {1: rng.uniform(0.005, 0.1)}
+        table[16] = table[1] + rng.uniform(0.0, 0.2)
+        parts = Parts(rng.uniform(0.001, 0.05), VerifyCost.from_table(table),
+                      rng.uniform(0.0, 0.2))
+        b = best(parts, rng.uniform(0.0, 1.0), k_max=16)
+        assert b.pipelined_tok_s >= b.sequential_tok_s - 1e-9
+
+
+def test_higher_round_trip_favours_longer_drafts():
+    near = Parts(0.01, VerifyCost.from_table({1: 0.02, 17: 0.1}), round_trip_s=0.0)
+    far = Parts(0.01, VerifyCost.from_table({1: 0.02, 17: 0.1}), round_trip_s=0.1)
+    assert best(far, 0.8, 16).sequential_k > best(near, 0.8, 16).sequential_k
+    assert best(far, 0.8, 16).sequential_tok_s < best(near, 0.8, 16).sequential_tok_s
+
+
+def test_no_mixed_schedule_beats_the_best_constant_k():
+    """Renewal reward: mixing draft lengths averages their ratios (the docstring's claim)."""
+    parts = Parts(0.012, VerifyCost.from_table({1: 0.03, 8: 0.06, 16: 0.1}), 0.04)
+    a = 0.75
+    top = best(parts, a, 16).sequential_tok_s
+    rng = random.Random(1)
+    for _ in range(100):
+        ks = [rng.randrange(17) for _ in range(5)]
+        weights = [rng.random() for _ in ks]
+        tokens = sum(w * expected_tokens(a, k) for w, k in zip(weights, ks, strict=True))
+        cost = sum(w * round_cost(parts, a, k, False) for w, k in zip(weights, ks, strict=True))
+        assert tokens / cost <= top + 1e-9
+
+
+def test_acceptance_outside_unit_interval_is_refused():
+    with pytest.raises(ValueError):
+        best(Parts(0.01, FLAT, 0.0), 1.5, 4)
