@@ -142,8 +142,8 @@ class Worker:
     def submit(self, job: Job) -> None:
         """Queue ``job``, or refuse it (429) when ``max_queue`` requests already wait."""
         with self._cond:
-            if len(self._waiting) >= self.max_queue and self._running is not None:
-                ahead = len(self._waiting) + 1
+            ahead = len(self._waiting) + (self._running is not None)
+            if ahead > self.max_queue:
                 retry = max(1, math.ceil(ahead * self._mean_s))
                 raise ApiError(429, f"{ahead} requests are ahead of this one and at most "
                                     f"{self.max_queue} may wait; retry in about {retry} s",
