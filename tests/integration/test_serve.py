@@ -68,7 +68,8 @@ def test_openai_chat_streamed_equals_whole_equals_generate(served, generated):
     spec = whole.model_extra["metrics"]["speculative_decoding"]
     assert spec["num_draft_tokens"] >= spec["num_accepted_tokens"] > 0
     assert 0 < spec["acceptance_rate"] <= 1 and spec["round_trip_ms"] > 0
-    assert last["metrics"]["speculative_decoding"]["num_drafts"] == spec["num_drafts"]
+    live = last["metrics"]["speculative_decoding"]  # its own rounds (k adapts to timings)
+    assert live["num_draft_tokens"] >= live["num_accepted_tokens"] > 0
 
 
 def test_openai_completions_take_the_raw_prompt(served, generated):
