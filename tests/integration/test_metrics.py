@@ -17,8 +17,10 @@ from typing import Any
 import openai
 import pytest
 import requests
+import zmq
 from edgespec.tools.daemon_proc import DaemonProcess, free_port, start_daemon
 from edgespec.tools.serve_proc import start_serve
+from edgespec.wire.codec import Hello, encode
 
 pytestmark = pytest.mark.slow
 THREADS = int(os.environ.get("EDGESPEC_TEST_THREADS", "1"))
@@ -121,6 +123,20 @@ def test_prometheus_counts_equal_the_clients_own_stats(metered, prometheus, tmp_
         assert (query(prometheus, "verifyd_step_seconds_count") or 0) > 0
         assert query(prometheus, "verifyd_kv_blocks_total") == pytest.approx(2048)
         wait_for(lambda: scraped("verifyd_sessions_active", 0), 10, "sessions left open")
+        # refusals by code: a frame that is no message, a HELLO from another tokenizer
+        stranger: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        stranger.setsockopt(zmq.LINGER, 0)
+        stranger.connect(daemon.endpoint)
+        stranger.send_multipart([b"not a message"])
+        stranger.send_multipart(encode(Hello(b"\x00" * 32), 0, 1))
+        for _ in range(2):
+            assert stranger.poll(10_000), "no reply to a refused request"
+            stranger.recv_multipart()
+        stranger.close(0)
+        wait_for(lambda: scraped('verifyd_errors_total{code="MALFORMED"}', 1)
+                 and scraped('verifyd_errors_total{code="MODEL_MISMATCH"}', 1)
+                 and scraped('verifyd_hellos_refused_total{reason="tokenizer"}', 1), 15,
+                 "refusals were not counted by code")
         # a client that leaves mid-answer frees its session on the daemon
         story = api.chat.completions.create(
             model=api.models.list().data[0].id, max_tokens=400, temperature=0, stream=True,
