@@ -148,8 +148,10 @@ def _await_open(link: Link, seq: int, session_id: int, tokens: list[int], max_ne
                 stats: GenerationStats, on_wait: Callable[[str], None] | None,
                 sampling: SamplingParams) -> None:
     """Wait for OPENED; when the server is full, wait as long as it asks (else back off
-    exponentially), with jitter so that refused clients do not come back all at once."""
+    exponentially), with jitter so that refused clients do not come back all at once, and
+    give up with ``Overloaded`` once it has stayed full for ``link.liveness.busy_for_s``."""
     t0 = time.perf_counter()
+    give_up = t0 + link.liveness.busy_for_s
     delay = BACKOFF_S[0]
     while True:
         try:
@@ -161,6 +163,10 @@ def _await_open(link: Link, seq: int, session_id: int, tokens: list[int], max_ne
         except Overloaded as exc:
             hint = exc.retry_after_ms / 1000.0
             wait = (hint or delay) * (0.75 + 0.5 * random.random())
+            if time.perf_counter() + wait > give_up:
+                raise Overloaded(
+                    f"verifyd stayed busy for {time.perf_counter() - t0:.0f} s ({exc}); "
+                    "the conversation is kept: try again later", exc.retry_after_ms) from exc
             if on_wait is not None:
                 on_wait(f"server busy, retrying in {wait:.1f} s ({exc})")
             time.sleep(wait)

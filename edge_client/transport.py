@@ -87,6 +87,7 @@ class Liveness:
     connect_timeout_s: float = 10.0  # a HELLO that gets no WELCOME in this long is a failed try
     reconnect_for_s: float = 60.0  # give up (keeping the conversation) after this long
     backoff_s: tuple[float, float] = (0.5, 8.0)  # first and largest pause between tries
+    busy_for_s: float = 120.0  # a daemon that answers OVERLOADED this long: give up (bounded)
 
     @property
     def heartbeat_timeout_s(self) -> float:
