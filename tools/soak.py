@@ -46,7 +46,9 @@ def main(traces: str, sessions: int, minutes: float, threads: int, as_json: bool
     total = Tally()
     with tempfile.TemporaryDirectory() as tmp:
         daemon = start_daemon(target, Path(tmp) / "verifyd.log", "--max-sessions",
-                              str(sessions), threads=threads)
+                              str(sessions), "--max-sessions-per-address", str(sessions),
+                              "--max-connections-per-address", str(sessions + 8),
+                              threads=threads)
         stop = threading.Event()
         start = time.monotonic()
 
