@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,23 @@ def test_seeded_sampling_repeats_and_matches_generate(served, generated):
     assert text == again.choices[0].message.content == streamed
     assert text == generated(QUESTION, 24, "--temperature", "0.8", "--seed", "11")["text"]
     assert first.model_extra["metrics"]["speculative_decoding"]["seed"] == 11
+
+
+def test_concurrent_requests_each_get_their_own_answer(served, generated):
+    client = connect(served.url)
+    model = model_of(client)
+    questions = ["Write a haiku about the ocean.", "What is photosynthesis?",
+                 "Name a famous painter."]
+
+    def ask(question: str) -> str:
+        reply = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": question}], max_tokens=16,
+            temperature=0)
+        return str(reply.choices[0].message.content)
+
+    with ThreadPoolExecutor(len(questions)) as pool:  # all queued at once, served in turn
+        answers = list(pool.map(ask, questions))
+    assert answers == [generated(q, 16)["text"] for q in questions]
 
 
 def test_stop_sequence_ends_the_answer_before_it(served, generated):
