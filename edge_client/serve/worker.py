@@ -199,7 +199,10 @@ class Worker:
                     self._cond.wait()
                 if self._stopping:
                     return
-                job = self._running = self._waiting.popleft()
+                job = self._waiting.popleft()
+                if job.cancelled.is_set():  # its client left between queue and start
+                    continue
+                self._running = job
             started = time.monotonic()
             try:
                 self._answer(job)
