@@ -220,7 +220,7 @@ class Server:
             return  # no routing id + message: nothing to answer
         peer, body = frames[0], frames[1:]
         self.requests += 1
-        if body[0] == b"" and len(body) > 1:  # a REQ socket's delimiter: say what we speak
+        if body[0] == b"" and peek_header(body[1:]) is not None:  # a REQ's delimiter
             self.errors += 1
             error = Error(ErrorCode.UNSUPPORTED, "verifyd speaks to ZeroMQ DEALER sockets "
                           "only (this message came from a REQ socket)")

@@ -297,7 +297,8 @@ def test_draft_then_reopen_is_answered_and_leaves_nothing_behind(tiny_pair, tmp_
         sock = dealer(daemon.endpoint, "127.0.0.2")
         sid = 31
         assert ask(sock, Open(ids(*PROMPT), 8), sid) == Opened(8)
-        pairs, window, answered = 300, 30, set()  # windows stay under --hwm (100) replies
+        pairs, window = 300, 30  # windows stay under --hwm (100) replies in flight
+        answered: set[int] = set()
         for w in range(0, pairs, window):
             for i in range(w, w + window):  # a DRAFT and at once a re-open of the same history
                 sock.send_multipart(encode(Draft(8, ids(5, 6)), sid, 2 * i + 10))
