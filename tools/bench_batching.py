@@ -1,14 +1,19 @@
-"""``tools/bench batching``: many sessions verified in one batch versus one after another,
-and the server's capacity with drafts versus target-only decoding (draft length 0).
+"""``tools/bench batching``: the capacity of one verifyd with N concurrent sessions against
+what an operator would otherwise run: the same N answers decoded target-only by verifyd at
+draft length 0 and by transformers' continuous batching (``tools/cb_engine.py``, same
+weights, dtype and threads).
 
-Drafts come from traces recorded with the real client (recorded here first unless
-``--traces`` is given) and are replayed by ``tools/replay``, so no draft model competes with
-the daemon for the cores. Everything runs against one ``verifyd`` process, side by side.
+Drafts come from traces recorded with the real client and the real default and hard drafts
+(recorded here first unless given), one distinct prompt per session (chat and HumanEval), and
+are replayed by ``tools/replay``, so no draft model competes with the daemon for the cores.
+For each N it reports generated tokens/s, each session's own tokens/s (p50 and p10), target
+forward passes per generated token and peak RSS.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -22,6 +27,11 @@ import click
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+
+SYSTEMS = ("edgespec_default", "edgespec_hard", "verifyd_k0", "cb_engine")
+# The fields of each system at each N in --json (README's "Many users" documents each).
+SYSTEM_FIELDS = ("tok_s", "session_tok_s_p50", "session_tok_s_p10", "forwards_per_token",
+                 "peak_rss_mb", "tokens", "wall_s", "diverged", "errors")
 
 
 class RssSampler:
@@ -48,22 +58,37 @@ class RssSampler:
 
 
 def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """Resident KB of ``pid`` now; 0 once it has exited."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
 
 
+def load_limits(sessions: int) -> list[str]:
+    """verifyd flags that let one loopback load generator hold ``sessions`` sessions: the
+    per-address and per-connection caps are for strangers, not for a benchmark."""
+    return ["--max-sessions", str(sessions), "--max-sessions-per-address", str(sessions),
+            "--max-connections-per-address", str(sessions + 8),
+            "--max-prefill-per-address", str(1 << 22)]
+
+
 def record_traces(target: Path, draft: Path, path: Path, prompts: int, max_tokens: int,
                   workdir: Path) -> None:
-    """Real client, real daemon (a core each), chat and code prompts, k up to 16."""
+    """Real client, real daemon (a core each), k up to 16: one distinct prompt a session,
+    the chat set first (12 prompts at most), then HumanEval."""
     from edgespec.tools.bench import load_prompts
     from edgespec.tools.daemon_proc import start_daemon
 
+    n_chat = min(prompts // 2, 12)
     lines = [{"id": f"chat{i}", "prompt": p} for i, (p, _raw) in
-             enumerate(load_prompts("chat", (prompts + 1) // 2))]
+             enumerate(load_prompts("chat", n_chat))]
     lines += [{"id": f"code{i}", "prompt": p, "raw": True} for i, (p, _raw) in
-              enumerate(load_prompts("humaneval", prompts // 2))]
+              enumerate(load_prompts("humaneval", prompts - n_chat))]
     prompt_file = workdir / "prompts.jsonl"
     prompt_file.write_text("\n".join(json.dumps(x) for x in lines))
     daemon = start_daemon(target, workdir / "verifyd-record.log", threads=1)
@@ -72,7 +97,7 @@ def record_traces(target: Path, draft: Path, path: Path, prompts: int, max_token
                         "--server", daemon.endpoint, "--draft", str(draft), "--threads", "1",
                         "--prompt-file", str(prompt_file), "--max-tokens", str(max_tokens),
                         "--trace", str(path), "--json"], check=True, capture_output=True,
-                       timeout=1800)
+                       timeout=3600)
     finally:
         daemon.stop()
 
@@ -84,7 +109,7 @@ def read_stats(path: Path) -> dict[str, Any]:
 
 def measure(run: Callable[[], tuple[Any, float]], stats_path: Path, pid: int
             ) -> dict[str, Any]:
-    """One replay run: tokens/s, rounds' latency, forward passes per token, peak RSS."""
+    """One replay run against verifyd: the SYSTEM_FIELDS."""
     from edgespec.tools.replay import percentile
 
     before = read_stats(stats_path)
@@ -93,89 +118,121 @@ def measure(run: Callable[[], tuple[Any, float]], stats_path: Path, pid: int
     after = read_stats(stats_path)
     tokens = tally.accepted + tally.rounds
     steps = after["steps"] - before["steps"]
-    return {"tok_s": tokens / wall if wall else 0.0, "tokens": tokens, "wall_s": wall,
-            "forwards_per_token": steps / tokens if tokens else 0.0,
-            "p99_round_ms": percentile(tally.latencies_ms, 99),
-            "peak_rss_mb": rss.peak_kb / 1024, "diverged": tally.diverged_rounds,
-            "errors": dict(tally.errors), "busy_retries": tally.busy_retries,
-            "reopens": tally.reopens}
+    return {"tok_s": round(tokens / wall if wall else 0.0, 2),
+            "session_tok_s_p50": round(percentile(tally.session_tok_s, 50), 2),
+            "session_tok_s_p10": round(percentile(tally.session_tok_s, 10), 2),
+            "forwards_per_token": round(steps / tokens if tokens else 0.0, 4),
+            "peak_rss_mb": round(rss.peak_kb / 1024, 1), "tokens": tokens,
+            "wall_s": round(wall, 2), "diverged": tally.diverged_rounds,
+            "errors": dict(tally.errors)}
 
 
-def run_batching(counts: list[int], traces: Path, threads: int, workdir: Path,
+def answers(records: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
+    """A recorded session's prompt and the target's verified answer."""
+    prompt = list(records[0]["tokens"])
+    out: list[int] = []
+    for r in records[1:]:
+        if r["kind"] == "round":
+            out += [*r["draft"][:r["accepted"]], r["next_token"]]
+    return prompt, out
+
+
+def run_engine(target: str, threads: int, sessions: list[list[dict[str, Any]]],
+               eos_ids: list[int], workdir: Path) -> dict[str, Any]:
+    """The same answers from transformers' continuous batching, in its own process; an
+    answer that differs from the recording counts as diverged."""
+    from edgespec.tools.replay import percentile
+
+    pairs = [answers(records) for records in sessions]
+    job = workdir / "cb-job.json"
+    job.write_text(json.dumps({"prompts": [p for p, _ in pairs],
+                               "max_new_tokens": [max(1, len(a)) for _, a in pairs],
+                               "eos_ids": eos_ids}))
+    out = workdir / "cb-out.json"
+    with out.open("w") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edgespec.tools.cb_engine", "--target", target,
+             "--threads", str(threads), str(job)], stdout=sink, stderr=subprocess.DEVNULL)
+        with RssSampler(process.pid) as rss:
+            if process.wait(3600) != 0:
+                raise click.ClickException("continuous batching failed (tools/cb_engine.py)")
+    result = json.loads(out.read_text().strip().splitlines()[-1])
+    tokens = sum(len(o) for o in result["outputs"])
+    wall = result["wall_s"]
+    return {"tok_s": round(tokens / wall, 2),
+            "session_tok_s_p50": round(percentile(result["session_tok_s"], 50), 2),
+            "session_tok_s_p10": round(percentile(result["session_tok_s"], 10), 2),
+            "forwards_per_token": round(result["forwards"] / tokens, 4),
+            "peak_rss_mb": round(rss.peak_kb / 1024, 1), "tokens": tokens,
+            "wall_s": round(wall, 2),
+            "diverged": sum(o != a for o, (_, a) in zip(result["outputs"], pairs, strict=True)),
+            "errors": {}}
+
+
+def run_batching(counts: list[int], traces: dict[str, Path], threads: int, workdir: Path,
                  progress: Progress) -> dict[str, Any]:
+    """Every system at every N, against one verifyd (and one engine process per N)."""
     from edgespec.models.convert import resolve_target
     from edgespec.models.paths import default_cache_dir
     from edgespec.tools.daemon_proc import start_daemon
     from edgespec.tools.replay import as_target_only, load_sessions, replay
+    from transformers import GenerationConfig
 
-    recorded = load_sessions((str(traces),))
-    if not recorded:
-        raise click.ClickException(f"no sessions in {traces}")
-    target = resolve_target(None, default_cache_dir())
+    recorded = {pair: load_sessions((str(path),)) for pair, path in traces.items()}
+    for pair, sessions in recorded.items():
+        if not sessions:
+            raise click.ClickException(f"no sessions in {traces[pair]}")
+    target = str(resolve_target(None, default_cache_dir()))
+    eos = GenerationConfig.from_pretrained(target).eos_token_id
+    eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     stats_path = workdir / "stats.json"
-    n_cap = 16
-    daemon = start_daemon(target, workdir / "verifyd-batching.log", "--max-sessions",
-                          str(max(*counts, n_cap)), "--stats-file", str(stats_path),
-                          threads=threads)
+    daemon = start_daemon(target, workdir / "verifyd-batching.log", *load_limits(max(counts)),
+                          "--stats-file", str(stats_path), threads=threads)
     pid = daemon.process.pid
     results: dict[str, Any] = {}
     try:
-        replay(daemon.endpoint, recorded, 1, "fast", 600.0)  # warm-up
-        task = progress.add_task("batched vs serial", total=len(counts) + 1)
+        replay(daemon.endpoint, recorded["default"], 1, "fast", 600.0)  # warm-up
+        task = progress.add_task("sessions", total=len(counts) * len(SYSTEMS))
         for n in counts:
-            batched = measure(partial(replay, daemon.endpoint, recorded, n, "fast", 600.0),
-                              stats_path, pid)
-            serial = measure(partial(replay, daemon.endpoint, recorded, n, "fast", 600.0,
-                                     concurrency=1), stats_path, pid)
-            results[str(n)] = {
-                "batched_tok_s": round(batched["tok_s"], 2),
-                "serial_tok_s": round(serial["tok_s"], 2),
-                "ratio": round(batched["tok_s"] / serial["tok_s"], 3) if serial["tok_s"] else 0,
-                "forwards_per_token": round(batched["forwards_per_token"], 4),
-                "serial_forwards_per_token": round(serial["forwards_per_token"], 4),
-                "p99_round_ms": round(batched["p99_round_ms"], 1),
-                "serial_p99_round_ms": round(serial["p99_round_ms"], 1),
-                "peak_rss_mb": round(max(batched["peak_rss_mb"], serial["peak_rss_mb"]), 1),
-                "diverged_rounds": batched["diverged"] + serial["diverged"],
-                "errors": {**batched["errors"], **serial["errors"]},
-            }
-            progress.advance(task)
-        k0 = [as_target_only(records) for records in recorded]
-        drafts = measure(partial(replay, daemon.endpoint, recorded, n_cap, "fast", 600.0),
-                         stats_path, pid)
-        alone = measure(partial(replay, daemon.endpoint, k0, n_cap, "fast", 600.0),
-                        stats_path, pid)
-        results["capacity"] = {
-            "sessions": n_cap,
-            "draft_tok_s": round(drafts["tok_s"], 2),
-            "target_only_tok_s": round(alone["tok_s"], 2),
-            "ratio": round(drafts["tok_s"] / alone["tok_s"], 3) if alone["tok_s"] else 0,
-            "draft_forwards_per_token": round(drafts["forwards_per_token"], 4),
-            "target_only_forwards_per_token": round(alone["forwards_per_token"], 4),
-            "diverged_rounds": drafts["diverged"] + alone["diverged"],
-        }
-        progress.advance(task)
+            row: dict[str, Any] = {}
+            for system in SYSTEMS:
+                pair = "hard" if system == "edgespec_hard" else "default"
+                # One distinct prompt a session; past the recorded count, copies (flagged).
+                sessions = [recorded[pair][i % len(recorded[pair])] for i in range(n)]
+                if system == "cb_engine":
+                    row[system] = run_engine(target, threads, sessions, eos_ids, workdir)
+                else:
+                    if system == "verifyd_k0":
+                        sessions = [as_target_only(records) for records in sessions]
+                    row[system] = measure(partial(replay, daemon.endpoint, sessions, n,
+                                                  "fast", 600.0), stats_path, pid)
+                progress.advance(task)
+            base = row["cb_engine"]["tok_s"]
+            row["vs_engine"] = {s: round(row[s]["tok_s"] / base, 3) if base else 0.0
+                                for s in SYSTEMS}
+            row["distinct_prompts"] = min(n, *(len(r) for r in recorded.values()))
+            results[str(n)] = row
     finally:
         daemon.stop()
     return results
 
 
-def print_table(console: Console, results: dict[str, Any]) -> None:
-    table = Table(title="verifyd: N sessions batched vs served one after another (tokens/s)")
-    for col in ("sessions", "batched", "serial", "×", "fwd/token", "p99 round ms",
-                "peak RSS MB", "diverged"):
+def print_table(console: Console, results: dict[str, Any], caption: str = "") -> None:
+    table = Table(title="N sessions on one server: generated tokens/s, each session's tokens/s "
+                  "(p50 / p10), forwards per token, peak RSS", caption=caption)
+    for col in ("N", "system", "tok/s", "× engine", "session p50", "session p10",
+                "fwd/token", "peak RSS MB", "diverged"):
         table.add_column(col, justify="right")
-    for n, r in results.items():
-        if n == "capacity":
-            continue
-        table.add_row(n, f"{r['batched_tok_s']:.1f}", f"{r['serial_tok_s']:.1f}",
-                      f"{r['ratio']:.2f}", f"{r['forwards_per_token']:.3f}",
-                      f"{r['p99_round_ms']:.0f}", f"{r['peak_rss_mb']:.0f}",
-                      str(r["diverged_rounds"]))
+    for n, row in results.items():
+        for system in SYSTEMS:
+            r = row[system]
+            table.add_row(n, system.replace("_", " "), f"{r['tok_s']:.1f}",
+                          f"{row['vs_engine'][system]:.2f}", f"{r['session_tok_s_p50']:.2f}",
+                          f"{r['session_tok_s_p10']:.2f}", f"{r['forwards_per_token']:.3f}",
+                          f"{r['peak_rss_mb']:.0f}", str(r["diverged"]))
+        if row["distinct_prompts"] < int(n):
+            table.add_row(n, f"(only {row['distinct_prompts']} distinct prompts)", *[""] * 7)
     console.print(table)
-    c = results["capacity"]
-    console.print(f"capacity, {c['sessions']} sessions: with drafts {c['draft_tok_s']:.1f} "
-                  f"tok/s, target-only {c['target_only_tok_s']:.1f} tok/s: ×{c['ratio']:.2f}")
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -184,18 +241,21 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = [n for n in results if n != "capacity"]
+    counts = list(results)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    ax1.plot(counts, [results[n]["batched_tok_s"] for n in counts], "o-", label="batched")
-    ax1.plot(counts, [results[n]["serial_tok_s"] for n in counts], "s--", label="one by one")
-    ax1.set_xlabel("concurrent sessions")
-    ax1.set_ylabel("verified tokens/s (all sessions)")
-    ax1.set_title("one verifyd, same sessions, one run")
-    ax1.legend()
-    c = results["capacity"]
-    ax2.bar(["target only (k=0)", "with drafts"], [c["target_only_tok_s"], c["draft_tok_s"]])
-    ax2.set_ylabel("generated tokens/s")
-    ax2.set_title(f"capacity, {c['sessions']} sessions: ×{c['ratio']:.2f}")
+    for system, style in zip(SYSTEMS, ("o-", "s-", "^--", "v--"), strict=True):
+        label = system.replace("_", " ")
+        ax1.plot(counts, [results[n][system]["tok_s"] for n in counts], style, label=label)
+        ax2.plot(counts, [results[n][system]["session_tok_s_p10"] for n in counts], style,
+                 label=label)
+    ax1.set_ylabel("generated tokens/s (all sessions)")
+    ax2.set_ylabel("p10 of each session's tokens/s")
+    for ax in (ax1, ax2):
+        ax.set_xlabel("concurrent sessions")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    ax1.set_title("capacity, one server, one run")
+    ax2.set_title("the slow tail of sessions")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -204,37 +264,52 @@ def plot(results: dict[str, Any], path: Path) -> None:
 @click.command(context_settings={"show_default": True})
 @click.option("--sessions", default="1,4,16,64", help="Concurrent session counts.")
 @click.option("--traces", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Recorded traces to replay [default: record bench-out/batching-trace.jsonl].")
-@click.option("--prompts", type=int, default=8, help="Prompts to record when recording.")
-@click.option("--max-tokens", type=int, default=96, help="Tokens per recorded answer.")
-@click.option("--threads", type=int, default=2, help="verifyd's torch threads.")
+              help="Default-pair traces [default: record bench-out/batching-trace.jsonl].")
+@click.option("--hard-traces", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Hard-pair traces [default: record bench-out/batching-trace-hard.jsonl].")
+@click.option("--prompts", type=int, default=64,
+              help="Distinct prompts to record when recording.")
+@click.option("--max-tokens", type=int, default=64, help="Tokens per recorded answer.")
+@click.option("--threads", type=int, default=1,
+              help="torch threads of verifyd and of the engine (1: the daemon's share of a "
+                   "2-core box; on a shared box 2-thread teams stall at every barrier).")
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line: one JSON object.")
 @click.option("--plot", "plot_path", type=click.Path(), default="bench-out/batching.png")
-def batching(sessions: str, traces: str | None, prompts: int, max_tokens: int, threads: int,
-             as_json: bool, plot_path: str) -> None:
-    """Batched verification of N sessions against the same sessions one by one."""
+def batching(sessions: str, traces: str | None, hard_traces: str | None, prompts: int,
+             max_tokens: int, threads: int, as_json: bool, plot_path: str) -> None:
+    """N sessions with drafts against the same answers target-only (verifyd k=0 and
+    transformers' continuous batching)."""
     import tempfile
 
     from edgespec.models.convert import resolve_target
+    from edgespec.models.cpu import cpu_model, usable_cores
     from edgespec.models.paths import default_cache_dir, resolve_draft
 
     console = Console(stderr=True, width=140)
     counts = [int(x) for x in sessions.split(",")]
+    out_dir = Path(plot_path).parent
+    given = {"default": traces, "hard": hard_traces}
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
         work = Path(tmp)
-        if traces is None:
-            trace_path = Path(plot_path).parent / "batching-trace.jsonl"
-            trace_path.parent.mkdir(parents=True, exist_ok=True)
-            task = progress.add_task("recording traces (real draft + daemon)", total=None)
+        paths: dict[str, Path] = {}
+        for pair, path in given.items():
+            if path is not None:
+                paths[pair] = Path(path)
+                continue
+            suffix = "" if pair == "default" else f"-{pair}"
+            paths[pair] = out_dir / f"batching-trace{suffix}.jsonl"
+            out_dir.mkdir(parents=True, exist_ok=True)
+            task = progress.add_task(f"recording {pair}-pair traces (real draft + daemon)",
+                                     total=None)
             cache = default_cache_dir()
-            record_traces(resolve_target(None, cache), resolve_draft("default", cache),
-                          trace_path, prompts, max_tokens, work)
+            record_traces(resolve_target(None, cache), resolve_draft(pair, cache),
+                          paths[pair], prompts, max_tokens, work)
             progress.remove_task(task)
-        else:
-            trace_path = Path(traces)
-        results = run_batching(counts, trace_path, threads, work, progress)
-    print_table(console, results)
+        results = run_batching(counts, paths, threads, work, progress)
+    caption = (f"{cpu_model()} · {usable_cores()} cores · verifyd and engine {threads} threads "
+               f"each, one at a time · float32 · load {os.getloadavg()[0]:.1f}")
+    print_table(console, results, caption)
     plot(results, Path(plot_path))
-    console.print(f"plot: {plot_path}; traces: {trace_path}")
+    console.print(f"plot: {plot_path}; traces: {', '.join(map(str, paths.values()))}")
     if as_json:
         print(json.dumps(results))

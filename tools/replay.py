@@ -11,6 +11,8 @@ session draws its own tokens, so its verdicts are not checked.
     tools/replay run TRACE... --server tcp://HOST:5557 [--sessions 8] [--concurrency N]
                  [--pace recorded|fast] [--target-only] [--json]
     tools/replay summary TRACE... [--json]
+    tools/replay what-if [--shape tiny|llama-3-8b | --target DIR] [--alphas 0.6,0.8]
+                 [--draft-tokens 4,8] [--sessions 1,16,64]      (tools/what_if.py)
 
 A busy daemon's retry-after is honoured on OPEN, and a session the daemon evicted is re-opened
 with its full history, as the real client does; both are counted, neither is an error.
@@ -52,6 +54,7 @@ class Tally:
     diverged_sessions: int = 0
     busy_retries: int = 0
     reopens: int = 0
+    session_tok_s: list[float] = field(default_factory=list)  # each session's own rate
 
     def add_round(self, drafted: int, accepted: int, latency_ms: float) -> None:
         self.rounds += 1
@@ -70,6 +73,7 @@ class Tally:
         self.diverged_sessions += other.diverged_sessions
         self.busy_retries += other.busy_retries
         self.reopens += other.reopens
+        self.session_tok_s += other.session_tok_s
 
 
 def load_sessions(paths: tuple[str, ...]) -> list[list[Record]]:
@@ -182,6 +186,9 @@ class Replayer:
             self.close(link)
         finally:
             link.close()
+        elapsed = time.monotonic() - start
+        verified = self.tally.accepted + self.tally.rounds
+        self.tally.session_tok_s.append(verified / elapsed if elapsed > 0 else 0.0)
         return self.tally
 
     def step(self, link: Link, record: Record) -> bool:
@@ -325,6 +332,14 @@ def summary(traces: tuple[str, ...], as_json: bool) -> None:
     tally, wall = recorded_tally(load_sessions(traces))
     emit("recorded traces", summarize(tally, wall), as_json)
 
+
+def _add_what_if() -> None:
+    from edgespec.tools.what_if import what_if
+
+    main.add_command(what_if)
+
+
+_add_what_if()
 
 if __name__ == "__main__":
     main()
