@@ -181,16 +181,17 @@ class Server:
         poller.register(self._wake_r, zmq.POLLIN)
         self.stepping = True
         try:
-            while not future.done():
+            done = False
+            while not done:  # the worker's byte, not future.done(): that is set a moment later
                 ready = dict(poller.poll(POLL_MS))
-                if self._wake_r in ready:
-                    os.read(self._wake_r, 64)
                 if self.socket in ready:
                     self.serve_ready()
+                if self._wake_r in ready:
+                    done = bool(os.read(self._wake_r, 64))
         finally:
             self.stepping = False
         try:
-            replies = future.result()
+            replies = future.result()  # returns at once: the step has ended
         except Exception:  # a bug of ours: fail the waiting requests, keep serving
             log.exception("internal error in a verification step")
             replies = self.engine.fail_waiting("internal error in verifyd (see its log)")
