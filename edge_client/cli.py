@@ -12,8 +12,8 @@ from typing import Any
 import click
 from edgespec.edge_client.config import ClientConfig
 from edgespec.edge_client.doctor import doctor_options, run_doctor
+from edgespec.edge_client.env_options import read_from_environment
 from edgespec.edge_client.sampling_setup import SamplingOptions, click_options
-from edgespec.env_options import read_from_environment
 
 DEFAULT_SERVER = "tcp://127.0.0.1:5557"
 

@@ -62,7 +62,7 @@ def installed(wheel, tmp_path_factory) -> Path:
 
 def test_the_wheel_carries_every_package_and_the_chat_page(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for wanted in ("edgespec/__init__.py", "edgespec/env_options.py",
+    for wanted in ("edgespec/__init__.py", "edgespec/edge_client/env_options.py",
                    "edgespec/edge_client/serve/app.py",
                    "edgespec/edge_client/serve/static/index.html",
                    "edgespec/verify_daemon/metrics.py", "edgespec/models/hub.py",

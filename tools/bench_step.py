@@ -26,7 +26,6 @@ from edgespec.models.cpu import cpu_model, usable_cores
 from rich.console import Console
 from rich.table import Table
 
-
 # wall time by default; --clock cpu times this process's CPU, which other jobs on a shared
 # machine disturb far less (meaningful with --threads 1, where torch runs in this thread)
 CLOCK = [time.perf_counter]
@@ -58,9 +57,9 @@ def time_runner(runner: Any, sessions: int, context: int, width: int, repeats: i
     chunks = [_Chunk(t, context, draft) for t in tables]
     times = []
     for _ in range(repeats + 1):
-        start = CLOCK[0]()
+        t0 = CLOCK[0]()
         runner.run(chunks)
-        times.append(1000 * (CLOCK[0]() - start))
+        times.append(1000 * (CLOCK[0]() - t0))
     for table in tables:
         runner.blocks.release(table)
     return statistics.median(times[1:])

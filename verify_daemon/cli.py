@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 from edgespec.edge_client.doctor import doctor_options, run_doctor
-from edgespec.env_options import read_from_environment
+from edgespec.edge_client.env_options import read_from_environment
 from edgespec.verify_daemon.config import DaemonConfig
 
 
