@@ -107,24 +107,29 @@ def read_stats(path: Path) -> dict[str, Any]:
     return dict(json.loads(path.read_text()))
 
 
-def measure(run: Callable[[], tuple[Any, float]], stats_path: Path, pid: int
-            ) -> dict[str, Any]:
-    """One replay run against verifyd: the SYSTEM_FIELDS."""
+def system_row(tokens: int, wall_s: float, session_tok_s: list[float], forwards: int,
+               peak_rss_kb: int, diverged: int, errors: dict[str, int]) -> dict[str, Any]:
+    """One system at one N, as SYSTEM_FIELDS (p10: the slowest tenth of sessions)."""
     from edgespec.tools.replay import percentile
 
+    return {"tok_s": round(tokens / wall_s if wall_s else 0.0, 2),
+            "session_tok_s_p50": round(percentile(session_tok_s, 50), 2),
+            "session_tok_s_p10": round(percentile(session_tok_s, 10), 2),
+            "forwards_per_token": round(forwards / tokens if tokens else 0.0, 4),
+            "peak_rss_mb": round(peak_rss_kb / 1024, 1), "tokens": tokens,
+            "wall_s": round(wall_s, 2), "diverged": diverged, "errors": errors}
+
+
+def measure(run: Callable[[], tuple[Any, float]], stats_path: Path, pid: int
+            ) -> dict[str, Any]:
+    """One replay run against verifyd (forward passes from its stats file)."""
     before = read_stats(stats_path)
     with RssSampler(pid) as rss:
         tally, wall = run()
     after = read_stats(stats_path)
-    tokens = tally.accepted + tally.rounds
-    steps = after["steps"] - before["steps"]
-    return {"tok_s": round(tokens / wall if wall else 0.0, 2),
-            "session_tok_s_p50": round(percentile(tally.session_tok_s, 50), 2),
-            "session_tok_s_p10": round(percentile(tally.session_tok_s, 10), 2),
-            "forwards_per_token": round(steps / tokens if tokens else 0.0, 4),
-            "peak_rss_mb": round(rss.peak_kb / 1024, 1), "tokens": tokens,
-            "wall_s": round(wall, 2), "diverged": tally.diverged_rounds,
-            "errors": dict(tally.errors)}
+    return system_row(tally.accepted + tally.rounds, wall, tally.session_tok_s,
+                      after["steps"] - before["steps"], rss.peak_kb, tally.diverged_rounds,
+                      dict(tally.errors))
 
 
 def answers(records: list[dict[str, Any]]) -> tuple[list[int], list[int]]:
@@ -141,8 +146,6 @@ def run_engine(target: str, threads: int, sessions: list[list[dict[str, Any]]],
                eos_ids: list[int], workdir: Path) -> dict[str, Any]:
     """The same answers from transformers' continuous batching, in its own process; an
     answer that differs from the recording counts as diverged."""
-    from edgespec.tools.replay import percentile
-
     pairs = [answers(records) for records in sessions]
     job = workdir / "cb-job.json"
     job.write_text(json.dumps({"prompts": [p for p, _ in pairs],
@@ -157,16 +160,9 @@ def run_engine(target: str, threads: int, sessions: list[list[dict[str, Any]]],
             if process.wait(3600) != 0:
                 raise click.ClickException("continuous batching failed (tools/cb_engine.py)")
     result = json.loads(out.read_text().strip().splitlines()[-1])
-    tokens = sum(len(o) for o in result["outputs"])
-    wall = result["wall_s"]
-    return {"tok_s": round(tokens / wall, 2),
-            "session_tok_s_p50": round(percentile(result["session_tok_s"], 50), 2),
-            "session_tok_s_p10": round(percentile(result["session_tok_s"], 10), 2),
-            "forwards_per_token": round(result["forwards"] / tokens, 4),
-            "peak_rss_mb": round(rss.peak_kb / 1024, 1), "tokens": tokens,
-            "wall_s": round(wall, 2),
-            "diverged": sum(o != a for o, (_, a) in zip(result["outputs"], pairs, strict=True)),
-            "errors": {}}
+    diverged = sum(o != a for o, (_, a) in zip(result["outputs"], pairs, strict=True))
+    return system_row(sum(len(o) for o in result["outputs"]), result["wall_s"],
+                      result["session_tok_s"], result["forwards"], rss.peak_kb, diverged, {})
 
 
 def run_batching(counts: list[int], traces: dict[str, Path], threads: int, workdir: Path,

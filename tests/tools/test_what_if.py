@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from edgespec.tools.what_if import controlled_drafts
 
@@ -46,3 +47,22 @@ def test_per_token_acceptance_is_alpha():
             accepted += r["accepted"]
             trials += r["accepted"] + (r["accepted"] < len(r["draft"]))
     assert abs(accepted / trials - 0.8) < 0.03
+
+
+def test_what_if_on_a_tiny_random_target_matches_every_verdict(tmp_path: Path):
+    """Real verifyd, real sockets: the made-up drafts get exactly the predicted verdicts."""
+    from edgespec.models.paths import default_cache_dir
+    from edgespec.tools.bench_batching import SYSTEM_FIELDS
+    from edgespec.tools.what_if import random_target, run_what_if
+    from rich.progress import Progress
+
+    target = str(random_target("tiny", "float32", default_cache_dir()))
+    with Progress(disable=True) as progress:
+        results = run_what_if(target, [0.8], [4], [2], 8, 1, "cpu", "float32", tmp_path,
+                              progress)
+    row = results["2"]
+    assert set(row) == {"k0", "a0.8_k4"}
+    assert set(row["a0.8_k4"]) == {*SYSTEM_FIELDS, "vs_k0"}
+    for r in row.values():
+        assert r["diverged"] == 0 and r["errors"] == {}
+        assert r["tokens"] == row["k0"]["tokens"] > 0
