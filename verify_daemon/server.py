@@ -81,7 +81,7 @@ class Server:
         self.curve = curve.start_curve_server(self.context, keys_dir, allow_dir) \
             if keys_dir is not None else None
         self.socket = self.context.socket(zmq.ROUTER)
-        _set_socket_bounds(self.socket, self.peer_limits)
+        _set_socket_bounds(self.socket, self.peer_limits, plain=self.curve is None)
         self.connections = Connections(self.socket, self.peer_limits)
         engine.scheduler.is_orphan = lambda session: self.connections.gone(session.peer)
         if self.curve is not None:
@@ -301,21 +301,23 @@ def _address_of(body: list[bytes]) -> tuple[int, int, int]:
     return (header.session, header.seq, header.epoch) if header else (0, 0, 0)
 
 
-def _set_socket_bounds(socket: zmq.Socket, limits: PeerLimits) -> None:
+def _set_socket_bounds(socket: zmq.Socket, limits: PeerLimits, plain: bool = True) -> None:
     """Bounded frames and queues, handshakes and heartbeats; replies to gone peers visible.
 
     ``ZMQ_MAXMSGSIZE`` bounds each frame (libzmq drops the connection past it); frames per
-    message and bytes per connection are bounded by ``connections.py``. Setting a ZAP domain
-    makes libzmq refuse ZMTP 1.0 and 2.0 peers (an HTTP request line, a single byte, an old
-    greeting), which never get a handshake timeout or heartbeats; it changes nothing else
-    without a ZAP handler. ``ROUTER_HANDOVER``: a new connection presenting a routing id in
+    message and bytes per connection are bounded by ``connections.py``. With ZAP on, libzmq
+    refuses ZMTP 1.0 and 2.0 peers (an HTTP request line, a single byte, an old greeting),
+    which would never get a handshake timeout or heartbeats: CURVE turns it on, and a plain
+    socket gets a ZAP domain, which changes nothing else without a ZAP handler (with one,
+    the authenticator's "*" domain would no longer match). ``ROUTER_HANDOVER``: a new connection presenting a routing id in
     use takes it over (CURVE binds sessions to keys; see README, operators).
     """
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.MAXMSGSIZE, limits.max_msg_bytes)
     socket.setsockopt(zmq.SNDHWM, limits.hwm)
     socket.setsockopt(zmq.RCVHWM, limits.hwm)
-    socket.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+    if plain:
+        socket.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
     socket.setsockopt(zmq.HANDSHAKE_IVL, int(limits.handshake_timeout_s * 1000))
     socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
