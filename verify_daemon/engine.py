@@ -100,14 +100,14 @@ class Engine:
         only ``WireError`` for the client's mistakes, and then changes nothing.
         """
         if isinstance(msg, Draft):
-            self._queue_draft(peer, sid, seq, msg, epoch)
+            self._queue_draft(peer, sid, seq, msg, epoch, owner)
             return None
         if isinstance(msg, Open):
             return self._queue_open(peer, sid, seq, msg, owner, epoch, address)
         if isinstance(msg, Hello):
             return self.hello(msg)
         if isinstance(msg, Close):
-            self.scheduler.remove(self._session(peer, sid).sid)
+            self.scheduler.remove(self._session(peer, sid, owner).sid)
             return Closed()
         if isinstance(msg, Ping):
             return Pong(msg.stamp)
@@ -185,9 +185,9 @@ class Engine:
         self.scheduler.submit(session, Work("open", seq, epoch, self.scheduler.step_no, now))
         return None
 
-    def _queue_draft(self, peer: bytes, sid: int, seq: int, msg: Draft, epoch: int = 0
-                     ) -> None:
-        session = self._session(peer, sid)
+    def _queue_draft(self, peer: bytes, sid: int, seq: int, msg: Draft, epoch: int = 0,
+                     owner: str = "") -> None:
+        session = self._session(peer, sid, owner)
         if session.pending is not None:
             raise OutOfSync("the session's previous request is still being served")
         if msg.base_length != session.length:
@@ -334,9 +334,10 @@ class Engine:
 
     # ------------------------------------------------------------ checks and stats
 
-    def _session(self, peer: bytes, sid: int) -> Session:
+    def _session(self, peer: bytes, sid: int, owner: str = "") -> Session:
+        """The session, if this connection (and, with CURVE, this key) holds it."""
         session = self.sessions.get(sid)
-        if session is None or session.peer != peer:
+        if session is None or session.peer != peer or session.owner != owner:
             raise UnknownSession(f"unknown session {sid:#x}: re-open it with the full history")
         return session
 

@@ -309,8 +309,10 @@ def _set_socket_bounds(socket: zmq.Socket, limits: PeerLimits, plain: bool = Tru
     refuses ZMTP 1.0 and 2.0 peers (an HTTP request line, a single byte, an old greeting),
     which would never get a handshake timeout or heartbeats: CURVE turns it on, and a plain
     socket gets a ZAP domain, which changes nothing else without a ZAP handler (with one,
-    the authenticator's "*" domain would no longer match). ``ROUTER_HANDOVER``: a new connection presenting a routing id in
-    use takes it over (CURVE binds sessions to keys; see README, operators).
+    the authenticator's "*" domain would no longer match). ``ROUTER_HANDOVER`` stays off:
+    a connection presenting a routing id already in use is refused rather than handed the
+    other connection's replies and sessions (our clients never set one; libzmq's own ids
+    are guessable).
     """
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.MAXMSGSIZE, limits.max_msg_bytes)
@@ -319,7 +321,7 @@ def _set_socket_bounds(socket: zmq.Socket, limits: PeerLimits, plain: bool = Tru
     if plain:
         socket.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
     socket.setsockopt(zmq.HANDSHAKE_IVL, int(limits.handshake_timeout_s * 1000))
-    socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    socket.setsockopt(zmq.ROUTER_HANDOVER, 0)
     socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
     socket.setsockopt(zmq.HEARTBEAT_IVL, int(limits.heartbeat_s * 1000))
     socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(limits.heartbeat_timeout_s * 1000))

@@ -78,7 +78,9 @@ def test_only_the_client_key_that_opened_a_session_may_reopen_it():
         engine.submit(b"q", 1, 1, Open(tokens(9), 10), owner="bob")
     session = engine.sessions[1]
     assert (session.peer, session.tokens, session.owner) == (b"p", [5, 6], "alice")
-    assert isinstance(serve(engine, b"p", 1, Draft(2, tokens()), seq=2), Verdict)
+    with pytest.raises(UnknownSession):  # the same routing id under another key
+        engine.submit(b"p", 1, 2, Draft(2, tokens()), owner="bob")
+    assert isinstance(serve(engine, b"p", 1, Draft(2, tokens()), seq=2, owner="alice"), Verdict)
     # a reconnect (new connection, same key) takes its session along
     assert serve(engine, b"p2", 1, Open(tokens(5, 6), 10), seq=3, owner="alice") == Opened(2)
     assert engine.sessions[1].peer == b"p2"
