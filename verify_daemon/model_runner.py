@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -96,6 +96,22 @@ class _Group:
     read_slots: torch.Tensor  # [G, L] pool slot of each session's key at position l; pad: 0
     mask: torch.Tensor  # [G, 1, Q, L] bool: query may attend key
     out_index: torch.Tensor  # [Tg] flat index into [G * Q] of each real query
+    query_pos: torch.Tensor  # [G, 1, Q, 1] absolute position of each query; pad: 0
+    windowed: dict[int, torch.Tensor] = field(default_factory=dict)  # window → mask
+
+    def mask_for(self, sliding_window: int | None) -> torch.Tensor:
+        """The causal mask, narrowed for a sliding-window layer to keys at positions in
+        (query - window, query], as transformers' ``sliding_window_overlay``; built once per
+        step for each window size the layers use (Gemma 3: 512 on its local layers)."""
+        if not sliding_window:
+            return self.mask
+        cached = self.windowed.get(sliding_window)
+        if cached is None:
+            keys = torch.arange(self.mask.shape[-1], device=self.mask.device)  # [L]
+            cached = self.mask & (keys > self.query_pos - sliding_window)
+            cached[..., 0] |= ~cached.any(-1)  # pad queries keep the pad key: no NaN rows
+            self.windowed[sliding_window] = cached
+        return cached
 
 
 @dataclass(slots=True)
@@ -111,10 +127,18 @@ class PagedStep:
 def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                     value: torch.Tensor, attention_mask: torch.Tensor | None,
                     scaling: float | None = None, dropout: float = 0.0,
-                    paged: PagedStep | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """query [1, Hq, T, D], key/value [1, Hkv, T, D] → output [1, T, Hq, D]."""
+                    paged: PagedStep | None = None, sliding_window: int | None = None,
+                    softcap: float | None = None, **kwargs: Any
+                    ) -> tuple[torch.Tensor, None]:
+    """query [1, Hq, T, D], key/value [1, Hkv, T, D] → output [1, T, Hq, D].
+
+    ``scaling`` (Gemma 3: ``query_pre_attn_scalar ** -0.5``) and ``sliding_window`` (the
+    layer's own, None on global layers) are honoured; a logit soft-cap SDPA cannot apply is
+    refused rather than silently ignored."""
     if paged is None:
         raise RuntimeError("edgespec_paged attention needs the step's PagedStep")
+    if softcap is not None:
+        raise NotImplementedError("edgespec_paged attention has no attention logit soft-cap")
     layer = int(module.layer_idx)  # type: ignore[arg-type]
     k_pool, v_pool = paged.k_pool[layer], paged.v_pool[layer]  # [slots, Hkv, D]
     k_pool.index_copy_(0, paged.write_slots, key[0].transpose(0, 1))
@@ -132,7 +156,7 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
         if repeat:
             kg, vg = kg.repeat_interleave(groups, dim=1), vg.repeat_interleave(groups, dim=1)
         og = torch.nn.functional.scaled_dot_product_attention(
-            qg, kg, vg, attn_mask=g.mask, scale=scaling,
+            qg, kg, vg, attn_mask=g.mask_for(sliding_window), scale=scaling,
             enable_gqa=groups > 1 and not repeat)  # [G, Hq, Q, D]
         flat = og.transpose(1, 2).reshape(-1, q.shape[1], q.shape[2])  # [G*Q, Hq, D]
         out.index_copy_(0, g.token_index, flat[g.out_index])
@@ -248,6 +272,7 @@ class ModelRunner:
             query_index = np.zeros((g, q), np.int64)
             read_slots = np.zeros((g, span), np.int64)
             mask = np.zeros((g, 1, q, span), bool)
+            query_pos = np.zeros((g, 1, q, 1), np.int64)
             mask[:, 0, :, 0] = True  # pad queries see the pad key: no all-masked rows (NaN)
             token_index, out_index = [], []
             for row, i in enumerate(members):
@@ -258,6 +283,7 @@ class ModelRunner:
                 # query j (position start + j) sees keys 0..start + j
                 mask[row, 0, :n, :end] = (np.arange(end)[None, :]
                                           <= (c.start + np.arange(n))[:, None])
+                query_pos[row, 0, :n, 0] = c.start + np.arange(n)
                 token_index.append(query_index[row, :n])
                 out_index.append(row * q + np.arange(n))
             groups.append(_Group(
@@ -266,6 +292,7 @@ class ModelRunner:
                 read_slots=self._to_device(read_slots),
                 mask=torch.from_numpy(mask).to(self.device),
                 out_index=self._to_device(np.concatenate(out_index)),
+                query_pos=self._to_device(query_pos),
             ))
         return groups
 
