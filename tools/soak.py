@@ -48,6 +48,7 @@ def main(traces: str, sessions: int, minutes: float, threads: int, as_json: bool
         daemon = start_daemon(target, Path(tmp) / "verifyd.log", "--max-sessions",
                               str(sessions), "--max-sessions-per-address", str(sessions),
                               "--max-connections-per-address", str(sessions + 8),
+                              "--max-prefill-per-address", str(1 << 22),
                               threads=threads)
         stop = threading.Event()
         start = time.monotonic()
