@@ -173,7 +173,8 @@ class Scheduler:
                 break
             batch.chunks.append(Chunk(s, s.cached, [s.tokens[-1], *work.draft], True))
             budget -= n
-        budget = min(budget, max(MIN_PREFILL, time_tokens - (self.step_tokens - budget)))
+        # prefill: what is left of the step's time, and at least what was reserved for it
+        budget = min(budget, max(MIN_PREFILL, reserve, time_tokens - (self.step_tokens - budget)))
         for s in sorted(prefills, key=lambda s: s.to_prefill):  # shortest prompt first
             n = min(s.to_prefill, self.prefill_chunk, budget)
             if n <= 0:

@@ -134,3 +134,34 @@ def test_random_load_is_exact_and_keeps_the_kv_budget(seed):
     assert engine.scheduler.evictions + engine.scheduler.preemptions > 0
     assert sum(c.busy for c in clients) > 0
     assert engine.blocks.peak_used <= engine.blocks.capacity
+
+
+def test_prefill_is_cut_to_the_step_time_while_others_wait():
+    engine, runner = make_engine(step_tokens=64, max_draft_tokens=4, prefill_chunk=64)
+    engine.submit(b"p", 1, 1, Open(tokens(1), 10))  # open at once
+    engine.submit(b"q", 2, 1, Open(tokens(*range(0, 100)), 10))  # 99 tokens to prefill
+    engine.submit(b"p", 1, 2, Draft(1, tokens(1, 2, 3, 4)))
+    engine.scheduler.s_per_token = engine.scheduler.step_s / 24  # measured: 24 tokens a step
+    engine.scheduler.observe = lambda n, s: None  # keep that cost for this test
+    engine.step()
+    assert runner.steps[-1] == [5, 19]  # the draft, then what fits the step's time
+    engine.submit(b"p", 1, 3, Draft(engine.sessions[1].length, tokens(1)))
+    engine.step()
+    assert runner.steps[-1] == [2, 22]
+
+
+def test_prefill_takes_the_whole_budget_when_nobody_waits_on_it():
+    engine, runner = make_engine(step_tokens=64, max_draft_tokens=4, prefill_chunk=64)
+    engine.submit(b"q", 2, 1, Open(tokens(*range(0, 100)), 10))
+    engine.scheduler.s_per_token = engine.scheduler.step_s / 24
+    engine.scheduler.observe = lambda n, s: None
+    engine.step()
+    assert runner.steps[-1] == [64]
+
+
+def test_the_shortest_prompt_is_prefilled_first():
+    engine, runner = make_engine(step_tokens=64, max_draft_tokens=4, prefill_chunk=64)
+    engine.submit(b"q", 2, 1, Open(tokens(*range(0, 100)), 10))  # 99 to prefill, first
+    engine.submit(b"r", 3, 1, Open(tokens(*range(1, 11)), 10))  # 9 to prefill, later
+    engine.step()
+    assert runner.steps[-1] == [9, 55]
