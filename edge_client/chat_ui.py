@@ -34,6 +34,8 @@ def _status(stats: GenerationStats, note: str = "") -> Text:
             f"RTT {stats.round_trip_ms:.0f} ms · {stats.tokens_per_round:.1f} tok/round · "
             f"{stats.bytes_per_round:.0f} B/round · verify {stats.verify} · "
             f"threads {stats.draft_threads}+{stats.daemon_threads} ({stats.thread_split})")
+    if stats.tokenizers != "same":
+        line += f" · {stats.tokenizers}"
     return Text(f"{line}  {note}".rstrip(), style="dim")
 
 
@@ -46,6 +48,8 @@ def run_chat(client: EdgeClient, max_tokens: int, system: str | None,
                   f"{client.config.server} · {HELP}")
     console.print(f"[dim]threads: draft {split.draft} + daemon {split.daemon} "
                   f"({split.reason})[/]")
+    if client.translation is not None:
+        console.print(f"[dim]{client.tokenizers}[/]")
     if sampling.target.temperature > 0:
         t = sampling.target
         console.print(f"[dim]sampling: temperature {t.temperature:g}, top-k {t.top_k}, "
@@ -121,7 +125,7 @@ def _answer(console: Console, client: EdgeClient, session_id: int,
             for new in client.generate(session_id, tokens, budget, stats, on_wait=on_wait,
                                        trace=trace, sampling=sampling):
                 visible = [t for t in new if t not in client.stop_ids]
-                text.append(decoder.decode(client.drafter.detokenize(visible)))
+                text.append(decoder.decode(client.token_bytes(visible)))
                 note = ""
                 live.update(view())
         except DaemonUnavailable as exc:  # tokens holds every verified token: /retry resumes

@@ -181,7 +181,7 @@ def _answer_prompt(client: Any, item: dict[str, Any], raw: bool, draft_tokens: i
     from edgespec.edge_client.stats import GenerationStats
 
     text = item["prompt"]
-    tokens = (client.drafter.tokenize(text) if item.get("raw", raw)
+    tokens = (client.prompt_tokens(text) if item.get("raw", raw)
               else client.chat_tokens([{"role": "user", "content": text}]))
     prompt_ids = list(tokens)
     k = int(item.get("draft_tokens", draft_tokens))
@@ -200,8 +200,12 @@ def _answer_prompt(client: Any, item: dict[str, Any], raw: bool, draft_tokens: i
         pass
     client.end_session(sid)
     generated = tokens[len(prompt_ids):]
-    return dict(prompt_token_ids=prompt_ids, token_ids=generated,
-                text=client.text(generated), stats=stats.as_dict())
+    result = dict(prompt_token_ids=prompt_ids, token_ids=generated,
+                  text=client.text(generated), stats=stats.as_dict())
+    if client.translation is not None:  # the ids above are the target's; the draft's here
+        result.update(draft_prompt_token_ids=client.draft_ids(client.text(prompt_ids)),
+                      draft_token_ids=client.draft_ids(result["text"]))
+    return result
 
 
 def _open_trace(path: str | None) -> contextlib.AbstractContextManager[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
 
 from edgespec.edge_client.chat_template import render_chat
@@ -14,11 +15,15 @@ from edgespec.edge_client.spec_loop import speculate
 from edgespec.edge_client.stats import GenerationStats
 from edgespec.edge_client.threads import ThreadSplit, client_threads, is_local_endpoint
 from edgespec.edge_client.trace import TraceWriter
-from edgespec.edge_client.transport import Link, Liveness, new_session_id
+from edgespec.edge_client.translate import Translation, prepare, speculate_translated
+from edgespec.edge_client.transport import Link, Liveness, expect, new_session_id
 from edgespec.models.fingerprint import describe_mismatch, fingerprint_llama
-from edgespec.wire.codec import Close
+from edgespec.models.paths import default_cache_dir
+from edgespec.models.vocab import Vocabulary
+from edgespec.wire.codec import Close, Tokenize, Tokens
 from edgespec.wire.curve import CurveClient
-from edgespec.wire.errors import ModelMismatch, WireError
+from edgespec.wire.errors import MalformedFrame, ModelMismatch, WireError
+from edgespec.wire.protocol import TokenizerMode
 
 __all__ = ["EdgeClient", "new_session_id"]
 
@@ -35,12 +40,20 @@ class EdgeClient:
                          liveness=Liveness(heartbeat_s=config.heartbeat_s,
                                            connect_timeout_s=config.connect_timeout_s,
                                            reconnect_for_s=config.reconnect_for_s))
-        self.welcome = self.link.hello(self.fingerprint)
-        if self.welcome.fingerprint != self.fingerprint:
+        try:  # EITHER: the daemon says whether ids go as they are or are translated
+            self.welcome = self.link.hello(self.fingerprint, mode=TokenizerMode.EITHER)
+        except MalformedFrame:  # a daemon from before translation: ids as they are
+            self.welcome = self.link.hello(self.fingerprint)
+        self.translation: Translation | None = None
+        if self.welcome.translate:
+            self.translation = prepare(self.drafter, self.link, self.welcome,
+                                       default_cache_dir())
+        elif self.welcome.fingerprint != self.fingerprint:
             raise ModelMismatch(
                 "the daemon's target does not share the draft's tokenizer: "
                 + describe_mismatch(self.fingerprint, self.welcome.fingerprint)
             )
+        self._said_raw = False
         self.stop_ids = tuple(self.welcome.eos_ids)
         self.threads = ThreadSplit.choose(config.threads, local, self.welcome)
         self.drafter.set_threads(self.threads.draft)
@@ -54,9 +67,35 @@ class EdgeClient:
     def close(self) -> None:
         self.link.close()
 
+    @property
+    def tokenizers(self) -> str:
+        """For the status line: "same", or that (and how much) we translate."""
+        return self.translation.label if self.translation is not None else "same"
+
+    def prompt_tokens(self, text: str) -> list[int]:
+        """``text`` as the target's ids, raw (no chat template); translating, the daemon
+        tokenizes it (exactly as the target alone would, its bos first)."""
+        if self.translation is None:
+            return self.drafter.tokenize(text)
+        return expect(self.link.request(Tokenize(text, add_bos=True)), Tokens).tokens.tolist()
+
     def chat_tokens(self, messages: list[dict[str, str]]) -> list[int]:
-        """The target's chat template over ``messages``, tokenized like the target would."""
+        """The target's chat template over ``messages``, tokenized like the target would; a
+        target without one (a base model such as Gemma 3 270M) gets the turns as raw text,
+        which is said once."""
+        if not self.welcome.chat_template:
+            if not self._said_raw:
+                print(f"note: {self.welcome.model_name} has no chat template (a base model): "
+                      "prompts go as raw text", file=sys.stderr)
+                self._said_raw = True
+            return self.prompt_tokens("\n\n".join(m["content"] for m in messages))
         llm = self.drafter.llm
+        if self.translation is not None:
+            target = self.translation.target
+            text = render_chat(self.welcome.chat_template, messages,
+                               bos_token=_piece(target, "bos"), eos_token=_piece(target, "eos"))
+            return expect(self.link.request(Tokenize(text, add_bos=False)),
+                          Tokens).tokens.tolist()
         text = render_chat(
             self.welcome.chat_template, messages,
             bos_token=self.drafter.token_text(llm.token_bos()),
@@ -78,6 +117,15 @@ class EdgeClient:
         stats.draft_threads, stats.daemon_threads = self.threads.draft, self.threads.daemon
         stats.thread_split = self.threads.reason
         self.link.notify = on_wait
+        if self.translation is not None:
+            if sampling.target.temperature > 0:
+                raise ValueError("sampling across tokenizers is not supported yet: use "
+                                 "--temperature 0 (greedy, token-exact) with this pair")
+            stats.tokenizers = self.translation.label
+            return speculate_translated(
+                self.drafter, self.translation, self.link, session_id, tokens, max_new_tokens,
+                policy or self.policy, self.stop_ids, stats, on_wait=on_wait, trace=trace,
+                sampling=sampling.target)
         return speculate(
             self.drafter, self.link, session_id, tokens, max_new_tokens,
             policy or self.policy, self.stop_ids, stats,
@@ -92,6 +140,21 @@ class EdgeClient:
         with contextlib.suppress(WireError):  # best effort: the daemon expires idle ones
             self.link.request(Close(), session_id, timeout_s=5.0, recover=False)
 
-    def text(self, tokens: list[int]) -> str:
+    def token_bytes(self, tokens: list[int]) -> bytes:
+        """The text bytes of target ids, stop ids left out."""
         visible = [t for t in tokens if t not in self.stop_ids]
-        return self.drafter.detokenize(visible).decode("utf-8", "replace")
+        if self.translation is not None:
+            return self.translation.target.decode(visible)
+        return self.drafter.detokenize(visible)
+
+    def text(self, tokens: list[int]) -> str:
+        return self.token_bytes(tokens).decode("utf-8", "replace")
+
+    def draft_ids(self, text: str) -> list[int]:
+        """``text`` in the draft's own ids (``--json`` shows them beside the target's)."""
+        return self.drafter.tokenize(text, special=False)
+
+
+def _piece(vocab: Vocabulary, name: str) -> str:
+    ident = vocab.specials.get(name)
+    return vocab.tokens[ident].decode("utf-8", "replace") if ident is not None else ""

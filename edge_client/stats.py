@@ -30,9 +30,11 @@ class GenerationStats:
     draft_threads: int = 0  # llama.cpp threads the draft ran on
     daemon_threads: int = 0  # the daemon's CPU threads, as its WELCOME said
     thread_split: str = ""  # why: "explicit", "same machine", "same machine, GPU", "remote"
+    translate_s: float = 0.0  # draft text → target ids (another tokenizer's target only)
+    tokenizers: str = "same"  # or "translating tokenizers (N% of the draft's vocabulary ...)"
 
     LABELS: ClassVar[tuple[str, ...]] = (
-        "verify", "seed", "draft_threads", "daemon_threads", "thread_split")
+        "verify", "seed", "draft_threads", "daemon_threads", "thread_split", "tokenizers")
 
     @property
     def acceptance_rate(self) -> float:
@@ -72,6 +74,7 @@ class GenerationStats:
             round_trip_ms=round(self.round_trip_ms, 2),
             bytes_per_round=round(self.bytes_per_round, 1),
         )
-        for key in ("wall_s", "draft_s", "wait_s", "verify_s", "open_s", "round_trip_s"):
+        for key in ("wall_s", "draft_s", "wait_s", "verify_s", "open_s", "round_trip_s",
+                    "translate_s"):
             out[key] = round(float(out[key]), 4)
         return out

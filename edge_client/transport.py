@@ -113,6 +113,8 @@ class Link:
         self.bytes_received = 0
         self._seq = secrets.randbelow(1 << 31)
         self._fingerprint: bytes | None = None  # set by the first WELCOME; enables recovery
+        self._mode = 0  # the HELLO's tokenizer mode, said again on every reconnect
+        self._target = b""  # the target's fingerprint: a daemon back with another is refused
         self._down = False
         self._open_socket()
 
@@ -197,12 +199,13 @@ class Link:
                 recover: bool = True) -> Message:
         return self.wait(self.send(msg, session), timeout_s, recover)
 
-    def hello(self, fingerprint: bytes, name: str = "edgespec") -> Welcome:
-        """Say HELLO within the handshake timeout; remember the fingerprint for reconnects."""
+    def hello(self, fingerprint: bytes, name: str = "edgespec", mode: int = 0) -> Welcome:
+        """Say HELLO within the handshake timeout; remember the fingerprint (and the
+        tokenizer mode, and the target's fingerprint) for reconnects."""
         timeout = min(self.timeout_s, self.liveness.connect_timeout_s)
-        welcome = expect(self.request(Hello(fingerprint, name), timeout_s=timeout,
+        welcome = expect(self.request(Hello(fingerprint, name, mode), timeout_s=timeout,
                                       recover=False), Welcome)
-        self._fingerprint = fingerprint
+        self._fingerprint, self._mode, self._target = fingerprint, mode, welcome.fingerprint
         return welcome
 
     # ------------------------------------------------------------ receiving and liveness
@@ -281,7 +284,7 @@ class Link:
             self._say(f"reconnecting… ({reason}; attempt {attempt})")
             try:
                 timeout = max(0.5, min(live.connect_timeout_s, give_up - time.monotonic()))
-                welcome = expect(self.request(Hello(self._fingerprint, "edgespec"),
+                welcome = expect(self.request(Hello(self._fingerprint, "edgespec", self._mode),
                                               timeout_s=timeout, recover=False), Welcome)
             except (DaemonTimeout, LinkLost):
                 pass
@@ -289,7 +292,7 @@ class Link:
                 if self.handshake_failure == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                     raise
             else:
-                if welcome.fingerprint != self._fingerprint:
+                if welcome.fingerprint != self._target:
                     raise ModelMismatch("the daemon came back with another target model")
                 self._down = False
                 self.reconnects += 1

@@ -12,6 +12,7 @@ import logging
 import time
 from typing import Any, NamedTuple
 
+import numpy as np
 from edgespec.models.cpu import host_id
 from edgespec.models.fingerprint import describe_mismatch
 from edgespec.verify_daemon.config import DaemonConfig
@@ -32,7 +33,11 @@ from edgespec.wire.codec import (
     Pong,
     SparseQ,
     TokenArray,
+    Tokenize,
+    Tokens,
     Verdict,
+    Vocab,
+    VocabGet,
     Welcome,
 )
 from edgespec.wire.errors import (
@@ -47,7 +52,7 @@ from edgespec.wire.errors import (
     UnknownSession,
     Unsupported,
 )
-from edgespec.wire.protocol import VerifyMode
+from edgespec.wire.protocol import TokenizerMode, VerifyMode
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +116,21 @@ class Engine:
             return Closed()
         if isinstance(msg, Ping):
             return Pong(msg.stamp)
+        if isinstance(msg, VocabGet | Tokenize):
+            return self.translation_aid(msg)
         raise MalformedFrame(f"{type(msg).__name__} is not a request")
 
     def hello(self, msg: Hello) -> Welcome:
-        if msg.fingerprint != self.info.fingerprint:
+        same = msg.fingerprint == self.info.fingerprint
+        if not same and msg.mode == TokenizerMode.SAME:
             raise ModelMismatch(
                 "draft and target tokenizers differ: "
                 + describe_mismatch(msg.fingerprint, self.info.fingerprint)
             )
+        if same and msg.mode == TokenizerMode.TRANSLATE:
+            raise ModelMismatch("the client asks to translate, but its tokenizer is the "
+                                "target's: exchange ids as they are")
+        translate = not same
         return Welcome(
             fingerprint=self.info.fingerprint,
             vocab_size=self.info.vocab_size,
@@ -130,7 +142,30 @@ class Engine:
             host_id=self.host_id,
             threads=self.info.cpu_threads,
             on_gpu=self.info.on_gpu,
+            translate=translate,
+            vocab_entries=len(self.info.vocab) if translate else 0,
         )
+
+    def translation_aid(self, msg: VocabGet | Tokenize) -> Vocab | Tokens:
+        """What a translating client needs from the target's tokenizer, answered at once:
+        a bounded chunk of its vocabulary (at most a frame's worth of bytes), or the target's
+        own ids for a prompt."""
+        if isinstance(msg, Tokenize):
+            ids = self.runner.tokenize(msg.text, msg.add_bos)
+            if len(ids) >= self.max_context:
+                raise LimitExceeded(f"{len(ids)} tokens exceed the context of {self.max_context}")
+            return Tokens(np.asarray(ids, dtype=np.int32))
+        vocab = self.info.vocab
+        if msg.start >= len(vocab):
+            raise LimitExceeded(f"VOCAB_GET from {msg.start}: the vocabulary has {len(vocab)}")
+        end, size = msg.start, 0
+        while end < min(len(vocab), msg.start + msg.count) and size + len(vocab[end]) < 1 << 19:
+            size += len(vocab[end])
+            end += 1
+        chunk = vocab[msg.start:end]
+        bos, eos = self.info.bos_eos
+        return Vocab(len(vocab), msg.start, bos, eos,
+                     np.array([len(t) for t in chunk], dtype=np.int32), b"".join(chunk))
 
     def _queue_open(self, peer: bytes, sid: int, seq: int, msg: Open, owner: str = "",
                     epoch: int = 0, address: str = "") -> Opened | None:

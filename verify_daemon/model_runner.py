@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from edgespec.models.fingerprint import fingerprint_hf_tokenizer
+from edgespec.models.fingerprint import hf_vocab, vocab_fingerprint
 from edgespec.verify_daemon.block_manager import BlockManager
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -71,6 +71,8 @@ class TargetInfo:
     fingerprint: bytes
     cpu_threads: int = 0  # torch's intra-op threads (told to a client on the same machine)
     on_gpu: bool = False
+    vocab: tuple[bytes, ...] = ()  # stored token strings, sent to translating clients
+    bos_eos: tuple[int, int] = (-1, -1)  # as the fingerprint hashes them (-1: none)
 
 
 class Chunk(Protocol):
@@ -82,6 +84,10 @@ class Chunk(Protocol):
     start: int
     tokens: list[int]
     logits: bool
+
+
+def _or_none(ident: int | None) -> int:
+    return -1 if ident is None or ident < 0 else int(ident)
 
 
 # ---------------------------------------------------------------- the attention function
@@ -193,14 +199,16 @@ class ModelRunner:
             target, dtype=self.dtype, device_map=self.device, attn_implementation=ATTENTION
         ).eval()
         config = self.model.config
+        vocab, specials = hf_vocab(self.tokenizer)
         self.info = TargetInfo(
             name=str(getattr(config, "_name_or_path", target)).rstrip("/").split("/")[-1],
             vocab_size=int(config.vocab_size),
             max_context=int(getattr(config, "max_position_embeddings", 8192)),
             eos_ids=stop_token_ids(self.tokenizer, self.model.generation_config),
             chat_template=self.tokenizer.chat_template or "",
-            fingerprint=fingerprint_hf_tokenizer(self.tokenizer),
+            fingerprint=vocab_fingerprint(vocab, specials),
             cpu_threads=torch.get_num_threads(), on_gpu=self.device.type != "cpu",
+            vocab=tuple(vocab), bos_eos=(_or_none(specials["bos"]), _or_none(specials["eos"])),
         )
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         layers = int(text.num_hidden_layers)
@@ -228,6 +236,12 @@ class ModelRunner:
             free, _total = torch.cuda.mem_get_info(self.device)
             return int(free * AUTO_CUDA_FRACTION) // self.bytes_per_token
         return AUTO_BUDGET_TOKENS
+
+    def tokenize(self, text: str, add_bos: bool) -> list[int]:
+        """The target's own ids for ``text`` (a translating client's prompt or chat turn)."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        bos = self.tokenizer.bos_token_id
+        return ([int(bos)] if add_bos and bos is not None else []) + [int(i) for i in ids]
 
     @staticmethod
     def new_generator() -> torch.Generator:

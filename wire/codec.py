@@ -30,6 +30,7 @@ from edgespec.wire.protocol import (
     VERSION,
     Limits,
     MsgType,
+    TokenizerMode,
     VerifyMode,
 )
 
@@ -90,17 +91,24 @@ class Hello:
 
     TYPE: ClassVar[MsgType] = MsgType.HELLO
     _FMT: ClassVar[struct.Struct] = struct.Struct(f"<{FINGERPRINT_BYTES}s")
+    _MODE: ClassVar[struct.Struct] = struct.Struct("<B")
     fingerprint: bytes
     client_name: str = ""
+    mode: int = TokenizerMode.SAME  # a third frame only when not SAME (older daemons)
 
     def body(self) -> list[bytes]:
-        return [self._FMT.pack(self.fingerprint), self.client_name.encode()]
+        frames = [self._FMT.pack(self.fingerprint), self.client_name.encode()]
+        return frames + ([self._MODE.pack(self.mode)] if self.mode else [])
 
     @classmethod
     def parse(cls, frames: list[bytes], limits: Limits) -> Hello:
-        _check_frames(frames, 2, "HELLO")
+        if len(frames) not in (2, 3):
+            raise MalformedFrame(f"HELLO: expected 2 or 3 body frames, got {len(frames)}")
         (fp,) = _unpack(cls._FMT, frames[0], "HELLO")
-        return cls(fp, _text_from_frame(frames[1], limits.max_name_bytes, "HELLO name"))
+        mode = _unpack(cls._MODE, frames[2], "HELLO mode")[0] if len(frames) == 3 else 0
+        if mode not in TokenizerMode.__members__.values():
+            raise MalformedFrame(f"HELLO: tokenizer mode {mode} unknown")
+        return cls(fp, _text_from_frame(frames[1], limits.max_name_bytes, "HELLO name"), mode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,22 +130,33 @@ class Welcome:
     host_id: bytes = bytes(HOST_ID_BYTES)  # all zero: not said
     threads: int = 0  # the daemon's torch CPU threads (0: not said)
     on_gpu: bool = False  # verification runs on an accelerator: its CPU threads barely work
+    translate: bool = False  # the client must translate; the vocabulary has vocab_entries
+    vocab_entries: int = 0
+    _XLATE: ClassVar[struct.Struct] = struct.Struct("<BI")
 
     def body(self) -> list[bytes]:
         fixed = self._FMT.pack(
             self.fingerprint, self.vocab_size, self.max_draft_tokens, self.max_context
         )
-        return [
+        frames = [
             fixed,
             self.model_name.encode(),
             _tokens_to_frame(list(self.eos_ids)),
             self.chat_template.encode(),
             self._HOST.pack(self.host_id, self.threads, int(self.on_gpu)),
         ]
+        if self.translate:  # a sixth frame only then: same-tokenizer clients see no change
+            frames.append(self._XLATE.pack(1, self.vocab_entries))
+        return frames
 
     @classmethod
     def parse(cls, frames: list[bytes], limits: Limits) -> Welcome:
-        _check_frames(frames, 5, "WELCOME")
+        if len(frames) not in (5, 6):
+            raise MalformedFrame(f"WELCOME: expected 5 or 6 body frames, got {len(frames)}")
+        translate, entries = (_unpack(cls._XLATE, frames[5], "WELCOME translate")
+                              if len(frames) == 6 else (0, 0))
+        if translate > 1 or entries > limits.max_vocab:
+            raise MalformedFrame("WELCOME: translate flag or vocabulary size out of range")
         fp, vocab, kmax, ctx = _unpack(cls._FMT, frames[0], "WELCOME")
         name = _text_from_frame(frames[1], limits.max_name_bytes, "WELCOME name")
         eos = _tokens_from_frame(frames[2], limits.max_eos_ids, limits, "WELCOME eos")
@@ -146,7 +165,7 @@ class Welcome:
         if on_gpu > 1:
             raise MalformedFrame(f"WELCOME: on_gpu flag {on_gpu} is not 0 or 1")
         return cls(fp, vocab, kmax, ctx, name, tuple(int(t) for t in eos), template, host,
-                   threads, bool(on_gpu))
+                   threads, bool(on_gpu), bool(translate), entries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,10 +462,120 @@ class Pong:
         return cls(*_unpack(cls._FMT, frames[0], "PONG"))
 
 
-Message = Hello | Welcome | Open | Opened | Draft | Verdict | Close | Closed | Error | Ping | Pong
+@dataclass(frozen=True, slots=True)
+class VocabGet:
+    """Client → daemon (translate mode): entries ``start .. start + count`` of the target's
+    vocabulary, the stored token strings its fingerprint hashes."""
+
+    TYPE: ClassVar[MsgType] = MsgType.VOCAB_GET
+    _FMT: ClassVar[struct.Struct] = struct.Struct("<II")
+    start: int
+    count: int
+
+    def body(self) -> list[bytes]:
+        return [self._FMT.pack(self.start, self.count)]
+
+    @classmethod
+    def parse(cls, frames: list[bytes], limits: Limits) -> VocabGet:
+        _check_frames(frames, 1, "VOCAB_GET")
+        start, count = _unpack(cls._FMT, frames[0], "VOCAB_GET")
+        if start > limits.max_vocab or not 0 < count <= limits.max_vocab_chunk:
+            raise LimitExceeded(f"VOCAB_GET: range {start}+{count} out of bounds")
+        return cls(start, count)
+
+
+@dataclass(frozen=True, slots=True)
+class Vocab:
+    """Daemon → client: ``len(lengths)`` entries from ``start`` of a ``total``-entry vocabulary
+    (each entry's byte length, then the bytes of all of them), with bos/eos (-1: none).
+    The client checks the assembled table against WELCOME's fingerprint."""
+
+    TYPE: ClassVar[MsgType] = MsgType.VOCAB
+    _FMT: ClassVar[struct.Struct] = struct.Struct("<IIii")
+    total: int
+    start: int
+    bos: int
+    eos: int
+    lengths: TokenArray
+    blob: bytes
+
+    def body(self) -> list[bytes]:
+        return [self._FMT.pack(self.total, self.start, self.bos, self.eos),
+                _tokens_to_frame(self.lengths), self.blob]
+
+    @classmethod
+    def parse(cls, frames: list[bytes], limits: Limits) -> Vocab:
+        _check_frames(frames, 3, "VOCAB")
+        total, start, bos, eos = _unpack(cls._FMT, frames[0], "VOCAB")
+        if total > limits.max_vocab:
+            raise LimitExceeded(f"VOCAB: {total} entries exceeds {limits.max_vocab}")
+        if len(frames[1]) % 4:
+            raise MalformedFrame("VOCAB lengths: not a whole number of int32")
+        lengths = np.frombuffer(frames[1], dtype=_I32).astype(np.int32, copy=False)
+        if len(lengths) > limits.max_vocab_chunk or start + len(lengths) > total:
+            raise LimitExceeded(f"VOCAB: {len(lengths)} entries from {start} overrun {total}")
+        if len(lengths) and (int(lengths.min()) < 0
+                             or int(lengths.max()) > limits.max_token_bytes):
+            raise LimitExceeded(f"VOCAB: a token string longer than {limits.max_token_bytes}")
+        if int(lengths.sum(dtype=np.int64)) != len(frames[2]):
+            raise MalformedFrame(f"VOCAB: {len(frames[2])} bytes for lengths summing to "
+                                 f"{int(lengths.sum(dtype=np.int64))}")
+        if not (-1 <= bos < total and -1 <= eos < total):
+            raise MalformedFrame("VOCAB: bos/eos outside the vocabulary")
+        return cls(total, start, bos, eos, lengths, bytes(frames[2]))
+
+    def entries(self) -> list[bytes]:
+        ends = np.cumsum(self.lengths, dtype=np.int64).tolist()
+        starts = [0, *ends[:-1]]
+        return [self.blob[a:b] for a, b in zip(starts, ends, strict=True)]
+
+
+@dataclass(frozen=True, slots=True)
+class Tokenize:
+    """Client → daemon (translate mode): the target's own ids for ``text`` (a prompt or a
+    chat turn), with its bos first when ``add_bos``; the client cannot tokenize exactly
+    without the target's merges, and the answer must be the target's."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TOKENIZE
+    _FMT: ClassVar[struct.Struct] = struct.Struct("<B")
+    text: str
+    add_bos: bool = True
+
+    def body(self) -> list[bytes]:
+        return [self._FMT.pack(int(self.add_bos)), self.text.encode()]
+
+    @classmethod
+    def parse(cls, frames: list[bytes], limits: Limits) -> Tokenize:
+        _check_frames(frames, 2, "TOKENIZE")
+        (add_bos,) = _unpack(cls._FMT, frames[0], "TOKENIZE")
+        if add_bos > 1:
+            raise MalformedFrame(f"TOKENIZE: add_bos flag {add_bos} is not 0 or 1")
+        return cls(_text_from_frame(frames[1], limits.max_text_bytes, "TOKENIZE text"),
+                   bool(add_bos))
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    """Daemon → client: the target's ids for a TOKENIZE."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TOKENS
+    tokens: TokenArray
+
+    def body(self) -> list[bytes]:
+        return [_tokens_to_frame(self.tokens)]
+
+    @classmethod
+    def parse(cls, frames: list[bytes], limits: Limits) -> Tokens:
+        _check_frames(frames, 1, "TOKENS")
+        return cls(_tokens_from_frame(frames[0], limits.max_prompt_tokens, limits, "TOKENS"))
+
+
+Message = (Hello | Welcome | Open | Opened | Draft | Verdict | Close | Closed | Error | Ping
+           | Pong | VocabGet | Vocab | Tokenize | Tokens)
 _PARSERS: dict[MsgType, type[Message]] = {
     cls.TYPE: cls
-    for cls in (Hello, Welcome, Open, Opened, Draft, Verdict, Close, Closed, Error, Ping, Pong)
+    for cls in (Hello, Welcome, Open, Opened, Draft, Verdict, Close, Closed, Error, Ping, Pong,
+                VocabGet, Vocab, Tokenize, Tokens)
 }
 
 

@@ -44,6 +44,18 @@ class MsgType(IntEnum):
     ERROR = 9
     PING = 10
     PONG = 11
+    VOCAB_GET = 12  # translate mode: a chunk of the target's vocabulary, asked for by range
+    VOCAB = 13
+    TOKENIZE = 14  # translate mode: text → the target's own ids (prompts, chat turns)
+    TOKENS = 15
+
+
+class TokenizerMode(IntEnum):
+    """What a HELLO says about the draft's tokenizer (a HELLO without the field: SAME)."""
+
+    SAME = 0  # ids are exchanged as they are: refused unless the fingerprints match
+    TRANSLATE = 1  # the client translates: refused when the fingerprints match
+    EITHER = 2  # the daemon picks by fingerprint and says which in WELCOME
 
 
 class VerifyMode(IntEnum):
@@ -68,6 +80,9 @@ class Limits:
     max_name_bytes: int = 256
     max_eos_ids: int = 16
     max_q_support: int = 1024  # ids a sparse draft distribution may list per position
+    max_vocab: int = 1 << 20  # entries of a vocabulary transfer (Gemma 3: 262,144)
+    max_vocab_chunk: int = 16_384  # entries per VOCAB reply
+    max_token_bytes: int = 1024  # bytes of one token's stored string
 
 
 def epoch_is_older(epoch: int, than: int) -> bool:
