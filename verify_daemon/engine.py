@@ -402,6 +402,7 @@ class Engine:
             "expired": self.expired, "max_wait_steps": s.max_wait_steps,
             "non_finite": self.non_finite, "step_ms_target": round(s.step_s * 1000, 1),
             "ms_per_token": round(s.s_per_token * 1000, 3),
+            "ms_per_step": round(s.s_overhead * 1000, 3),
         }
 
 

@@ -29,7 +29,7 @@ from edgespec.verify_daemon.session import Session, Work
 from edgespec.wire.errors import LimitExceeded, Overloaded
 
 MIN_PREFILL = 16  # prompt tokens a step always feeds, however slow steps are
-COST_EMA = 0.3  # weight of the latest step in the measured cost per token
+COST_EMA = 0.1  # weight of the latest step in the measured step cost
 
 
 @dataclass(slots=True)
@@ -69,7 +69,9 @@ class Scheduler:
         self.max_draft_tokens = max_draft_tokens
         self.retry_after_ms = retry_after_ms
         self.step_s = step_s
-        self.s_per_token = 0.0  # measured (EMA); 0 until the first step
+        self.s_per_token = 0.0  # measured marginal cost of a token; 0 until the first step
+        self.s_overhead = 0.0  # measured cost of a step whatever its tokens
+        self._moments = (0.0, 0.0, 0.0, 0.0)  # decaying means of n, t, n², n·t
         # Set by the server: true when the session's connection is gone (reclaimable first).
         self.is_orphan: Callable[[Session], bool] = lambda session: False
         self.reclaimed = 0
@@ -134,18 +136,30 @@ class Scheduler:
         return bool(self.waiting)
 
     def observe(self, num_tokens: int, elapsed_s: float) -> None:
-        """Record one forward pass's cost, which sizes later steps' prefill."""
+        """Record one forward pass's cost, which sizes later steps' prefill: a line
+        t = overhead + n · per_token fitted over recent steps (decaying least squares), since
+        a pass has a fixed cost (a one-token step of a 30-layer model on CPU is tens of ms)
+        and dividing it among few tokens would make tokens look many times dearer."""
         if num_tokens <= 0:
             return
-        cost = elapsed_s / num_tokens
-        self.s_per_token = cost if self.s_per_token == 0.0 else (
-            (1 - COST_EMA) * self.s_per_token + COST_EMA * cost)
+        n, t = float(num_tokens), elapsed_s
+        w = COST_EMA if self.s_per_token else 1.0
+        m_n, m_t, m_nn, m_nt = self._moments
+        self._moments = mean_n, mean_t, mean_nn, mean_nt = (
+            (1 - w) * m_n + w * n, (1 - w) * m_t + w * t, (1 - w) * m_nn + w * n * n,
+            (1 - w) * m_nt + w * n * t)
+        spread = mean_nn - mean_n * mean_n
+        per_token = (mean_nt - mean_n * mean_t) / spread if spread > 1.0 else 0.0
+        if per_token <= 0.0:  # too little spread (or noise): the average is all we know
+            per_token = mean_t / mean_n
+        self.s_per_token = per_token
+        self.s_overhead = min(max(0.0, mean_t - per_token * mean_n), mean_t)
 
     def _time_tokens(self, latency_bound: bool) -> int:
         """Tokens one step may run within ``step_s`` (all of them when nobody waits on it)."""
         if not latency_bound or self.s_per_token <= 0.0:
             return self.step_tokens
-        return max(MIN_PREFILL, int(self.step_s / self.s_per_token))
+        return max(MIN_PREFILL, int((self.step_s - self.s_overhead) / self.s_per_token))
 
     def _orphan(self) -> Session | None:
         """The least recently active idle session whose connection is gone, if any."""

@@ -165,3 +165,15 @@ def test_the_shortest_prompt_is_prefilled_first():
     engine.submit(b"r", 3, 1, Open(tokens(*range(1, 11)), 10))  # 9 to prefill, later
     engine.step()
     assert runner.steps[-1] == [9, 55]
+
+
+def test_step_cost_is_fitted_as_overhead_plus_tokens():
+    engine, _ = make_engine()
+    scheduler = engine.scheduler
+    for i in range(200):  # 30 ms a pass plus 5 ms a token
+        n = (1, 17, 40, 9)[i % 4]
+        scheduler.observe(n, 0.030 + 0.005 * n)
+    assert abs(scheduler.s_per_token - 0.005) < 1e-4
+    assert abs(scheduler.s_overhead - 0.030) < 1e-3
+    # 150 ms a step leaves 120 ms for tokens: 24 of them, not 150 / (average cost per token)
+    assert scheduler._time_tokens(latency_bound=True) in (23, 24)
