@@ -24,6 +24,7 @@ from edgespec.edge_client.spec_loop import _await_open
 from edgespec.edge_client.stats import GenerationStats
 from edgespec.edge_client.transport import Link, Liveness
 from edgespec.tools.daemon_proc import DaemonProcess, start_daemon
+from edgespec.wire import curve
 from edgespec.wire.codec import (
     Close,
     Draft,
@@ -170,6 +171,45 @@ def test_sessions_of_gone_connections_are_reclaimed_before_overloaded(tiny_pair,
         assert stats(tmp_path)["sessions_reclaimed"] >= 1
     finally:
         daemon.stop()
+
+
+def test_one_client_key_cannot_take_the_session_table(tiny_pair, tmp_path):
+    """With CURVE, sessions count per key too: new connections from new addresses do not
+    help a key past --max-sessions-per-key, and another key still gets in."""
+    curve.keygen(tmp_path / "server")
+    curve.keygen(tmp_path / "mallory", "mallory")
+    curve.keygen(tmp_path / "alice", "alice")
+    daemon = tiny(tiny_pair, tmp_path, "--keys", str(tmp_path / "server"),
+                  "--max-sessions-per-key", "3", "--max-sessions", "8")
+    server_key = str(tmp_path / "server" / "server.key")
+    socks = []
+    try:
+        codes = []
+        for a in range(3):  # three addresses, two connections each, one key
+            for c in range(2):
+                sock = dealer_curve(daemon.endpoint, f"127.0.0.{2 + a}", server_key,
+                                    tmp_path / "mallory" / "mallory.key_secret")
+                socks.append(sock)
+                reply = ask(sock, Open(ids(*PROMPT, a, c), 8), 300 + 10 * a + c)
+                codes.append("OPENED" if isinstance(reply, Opened) else reply.code.name)
+        assert codes.count("OPENED") == 3 and codes.count("LIMIT_EXCEEDED") == 3, codes
+        alice = dealer_curve(daemon.endpoint, "127.0.0.1", server_key,
+                             tmp_path / "alice" / "alice.key_secret")
+        socks.append(alice)
+        assert ask(alice, Open(ids(*PROMPT), 8), 400) == Opened(8)
+    finally:
+        for sock in socks:
+            sock.close(0)
+        daemon.stop()
+
+
+def dealer_curve(endpoint: str, source: str, server_key: str, client_key: Path) -> zmq.Socket:
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    curve.CurveClient.create(server_key, str(client_key)).apply(sock)
+    host_port = endpoint.removeprefix("tcp://")
+    sock.connect(endpoint if source == "127.0.0.1" else f"tcp://{source}:0;{host_port}")
+    return sock
 
 
 def test_client_gives_up_on_a_daemon_that_stays_busy(tiny_pair, tmp_path):
