@@ -63,7 +63,7 @@ def prepare(drafter: Drafter, link: Link, welcome: Welcome, cache_dir: Path) -> 
     shared = draft.shared_with(target)
     if shared < MIN_SHARED:
         raise ModelMismatch(
-            f"draft and target tokenizers share only {shared:.1%} of the draft's "
+            f"draft and target tokenizers differ and share only {shared:.1%} of the draft's "
             f"{len(draft)} tokens (at least {MIN_SHARED:.0%} is needed for translated drafts "
             "to be accepted): use a draft of the target's family")
     return Translation(draft, target, shared)

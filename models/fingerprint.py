@@ -4,7 +4,7 @@ Speculative decoding exchanges raw token ids; if the two tokenizers differ, ever
 something else on the other side and the output is garbage without any error. Both ends
 therefore hash their vocabulary the same way and compare 32-byte digests at handshake.
 
-Definition (version ``edgespec-vocab-v1``), computed by :func:`vocab_fingerprint`:
+Definition (version ``edgespec-vocab-v2``), computed by :func:`vocab_fingerprint`:
 
 * ``tokens[i]`` is the *stored* token string of id ``i`` as UTF-8 bytes, exactly as the
   tokenizer's vocabulary spells it: byte-level BPE keeps its ``Ġ``/``Ċ`` spellings,
@@ -12,14 +12,18 @@ Definition (version ``edgespec-vocab-v1``), computed by :func:`vocab_fingerprint
   llama.cpp's ``llama_vocab_get_text`` returns these bytes and Hugging Face's
   ``convert_ids_to_tokens`` returns the same strings, so no decoding is involved.
   A missing id (``None`` on the HF side) counts as the empty string.
+* SentencePiece's space mark ``▁`` (U+2581) is hashed as a plain space: llama.cpp stores
+  Gemma's whitespace-run tokens as spaces where Hugging Face spells them ``▁▁…``, and a GGUF
+  of a model must pair with the model it came from (version 2; version 1 hashed bytes as
+  stored).
 * Trailing filler is dropped before hashing: ids at the end of the table whose text is
   empty or of the form ``[PAD<n>]`` (what llama.cpp's converter appends to pad the table
   up to the embedding size). This is why the GGUF's ``n_vocab``, ``len(tokenizer)`` and
   ``config.vocab_size`` may differ and still fingerprint equal.
 * The byte stream hashed with SHA-256 is::
 
-      b"edgespec-vocab-v1\\0" + u64le(n)
-      + for each token: u32le(len(token)) + token
+      b"edgespec-vocab-v2\\0" + u64le(n)
+      + for each token: u32le(len(token)) + token   (▁ → space)
       + for each special name in sorted order: utf8(name) + b"=" + i64le(id or -1)
 
   Callers pass ``{"bos": ..., "eos": ...}``; llama.cpp's "no token" (-1) and HF's ``None``
@@ -40,7 +44,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from llama_cpp import Llama
 
-FINGERPRINT_VERSION = b"edgespec-vocab-v1\0"
+FINGERPRINT_VERSION = b"edgespec-vocab-v2\0"
+_SP_SPACE = "▁".encode()
 SPECIAL_KEYS = ("bos", "eos")
 _PAD_FILLER = re.compile(rb"\[PAD\d+\]")
 
@@ -65,6 +70,7 @@ def vocab_fingerprint(tokens: Sequence[bytes], special_ids: Mapping[str, int | N
     digest = hashlib.sha256(FINGERPRINT_VERSION)
     digest.update(struct.pack("<Q", len(kept)))
     for token in kept:
+        token = token.replace(_SP_SPACE, b" ")
         digest.update(struct.pack("<I", len(token)))
         digest.update(token)
     for name in sorted(special_ids):
