@@ -118,9 +118,6 @@ class EdgeClient:
         stats.thread_split = self.threads.reason
         self.link.notify = on_wait
         if self.translation is not None:
-            if sampling.target.temperature > 0:
-                raise ValueError("sampling across tokenizers is not supported yet: use "
-                                 "--temperature 0 (greedy, token-exact) with this pair")
             stats.tokenizers = self.translation.label
             return speculate_translated(
                 self.drafter, self.translation, self.link, session_id, tokens, max_new_tokens,

@@ -75,6 +75,9 @@ class Drafter:
         self._logits_valid = False  # True when the context's last logits row follows n_tokens
         self.sampling: DraftSampling | None = None  # None or temperature 0: argmax drafting
         self._q: dict[int, QRow] = {}  # position -> what was sampled there and from which q
+        # Drafting for a target with another tokenizer, sampled: only tokens the target also
+        # has may be drawn (token-level intersection), so q is a distribution over its ids.
+        self.allowed: npt.NDArray[np.bool_] | None = None
 
     def set_threads(self, n_threads: int) -> None:
         """Use ``n_threads`` from the next decode on (after the daemon said where it runs)."""
@@ -138,13 +141,13 @@ class Drafter:
 
     def next_greedy(self) -> int:
         """The draft's argmax after the current context (needs valid logits)."""
-        return int(self._logits().argmax())
+        return int(self._allowed_logits().argmax())
 
     def next_sampled(self) -> int:
         """A draw from the draft's own sparse q, keyed by (seed, position); q is recorded."""
         assert self.sampling is not None
         position = self.llm.n_tokens
-        ids, probs = sparse_q(self._logits(), self.sampling)
+        ids, probs = sparse_q(self._allowed_logits(), self.sampling)
         token = draw(ids, probs, draft_uniform(self.sampling.seed, position))
         self._q[position] = (token, ids, probs)
         return token
@@ -168,6 +171,12 @@ class Drafter:
         ptr = llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
         return np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)),
                                      shape=(self.n_vocab,))
+
+    def _allowed_logits(self) -> npt.NDArray[np.float32]:
+        logits = self._logits()
+        if self.allowed is None:
+            return logits
+        return np.where(self.allowed, logits, np.float32(-np.inf)).astype(np.float32)
 
     def _eval(self, tokens: Sequence[int]) -> None:
         self.llm.eval(list(tokens))

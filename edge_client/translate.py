@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 from edgespec.edge_client.draft_length import DraftLength
 from edgespec.edge_client.drafter import Drafter
 from edgespec.edge_client.spec_loop import MAX_REOPENS, _await_open, _send_open
@@ -33,7 +35,15 @@ from edgespec.edge_client.trace import TraceWriter, round_record
 from edgespec.edge_client.transport import Link, Reconnected, expect
 from edgespec.models.fingerprint import llama_vocab
 from edgespec.models.vocab import Vocabulary
-from edgespec.wire.codec import Draft, SamplingParams, Verdict, Vocab, VocabGet, Welcome
+from edgespec.wire.codec import (
+    Draft,
+    SamplingParams,
+    SparseQ,
+    Verdict,
+    Vocab,
+    VocabGet,
+    Welcome,
+)
 from edgespec.wire.errors import LimitExceeded, ModelMismatch, UnknownSession
 from edgespec.wire.protocol import Limits
 
@@ -44,11 +54,17 @@ _CACHE_MAGIC = b"edgespec-vocab-cache-v1\0"
 
 @dataclass(frozen=True, slots=True)
 class Translation:
-    """Both vocabularies and how much of the draft's the target shares."""
+    """Both vocabularies, how much of the draft's the target shares, and the token-level
+    intersection: ``to_target[d]`` is the target id spelled as draft id ``d`` (-1: none)."""
 
     draft: Vocabulary
     target: Vocabulary
     shared: float
+    to_target: npt.NDArray[np.int32]
+
+    @classmethod
+    def build(cls, draft: Vocabulary, target: Vocabulary) -> Translation:
+        return cls(draft, target, draft.shared_with(target), intersection(draft, target))
 
     @property
     def label(self) -> str:
@@ -59,14 +75,27 @@ def prepare(drafter: Drafter, link: Link, welcome: Welcome, cache_dir: Path) -> 
     """The target's vocabulary (cached or fetched) beside the draft's; refuse a pair that
     shares too little to help, saying what was measured."""
     target = target_vocabulary(link, welcome, cache_dir)
-    draft = Vocabulary(*llama_vocab(drafter.llm))
-    shared = draft.shared_with(target)
+    translation = Translation.build(Vocabulary(*llama_vocab(drafter.llm)), target)
+    draft, shared = translation.draft, translation.shared
     if shared < MIN_SHARED:
         raise ModelMismatch(
             f"draft and target tokenizers differ and share only {shared:.1%} of the draft's "
             f"{len(draft)} tokens (at least {MIN_SHARED:.0%} is needed for translated drafts "
             "to be accepted): use a draft of the target's family")
-    return Translation(draft, target, shared)
+    return translation
+
+
+def intersection(draft: Vocabulary, target: Vocabulary) -> npt.NDArray[np.int32]:
+    """Draft id → the target id with the same text, for ordinary draft tokens that are their
+    text's own id (so the map is one to one); -1 elsewhere."""
+    out = np.full(len(draft), -1, dtype=np.int32)
+    for d, piece in enumerate(draft.pieces):
+        if d in draft.control or draft.id_of(piece) != d:
+            continue
+        t = target.id_of(piece)
+        if t is not None:
+            out[d] = t
+    return out
 
 
 # ---------------------------------------------------------------- the target's vocabulary
@@ -187,8 +216,12 @@ def speculate_translated(
     sampling: SamplingParams | None = None,
 ) -> Iterator[list[int]]:
     """``speculate`` for a target with another tokenizer: ``tokens`` are target ids (the
-    truth, extended in place); greedy only (string-level matching)."""
+    truth, extended in place). Greedy drafts match at the string level; sampled ones draw
+    only among tokens both vocabularies spell alike, so their q (renormalised over those)
+    is a distribution over target ids and rejection sampling stays exact."""
     sampling = sampling or SamplingParams()
+    sampled = sampling.temperature > 0
+    drafter.allowed = translation.to_target >= 0 if sampled else None
     target, draft_vocab = translation.target, translation.draft
     start = time.perf_counter()
     sent0, received0 = link.bytes_sent, link.bytes_received
@@ -207,18 +240,27 @@ def speculate_translated(
             context = drafter.llm.tokenize(base, add_bos=False, special=False) or \
                 drafter.llm.tokenize(b" ", add_bos=False, special=False)
             drafter.sync(context)
-            draft_ids = drafter.draft(k + 1) if k else []
-            t1 = time.perf_counter()
-            cut = next((i for i, t in enumerate(draft_ids) if t in draft_eos), None)
-            ended = cut is not None and cut < k  # the draft said the answer ends here
-            kept = draft_ids[:cut] if cut is not None else draft_ids
-            pieces = [draft_vocab.pieces[t] for t in kept]
-            draft_text = base + b"".join(pieces)
-            k_text = len(draft_text) if ended else len(base) + sum(len(p) for p in pieces[:k])
-            proposal = propose(draft_text, text, k_text, target, k) if k else []
-            if ended and len(proposal) < k and stop_ids and \
-                    target.decode(proposal) == draft_text[len(text):]:
-                proposal.append(int(stop_ids[0]))  # the draft's end of answer, in target ids
+            q: SparseQ | None = None
+            if sampled:  # token-level intersection: each draft token is one target token
+                draft_ids = drafter.draft(k) if k and base == text else []
+                t1 = time.perf_counter()
+                proposal = [int(translation.to_target[d]) for d in draft_ids]
+                q = _in_target_ids(drafter.sparse_q(len(context), draft_ids),
+                                   translation.to_target)
+            else:  # string level: draft one more token to see where the last one ends
+                draft_ids = drafter.draft(k + 1) if k else []
+                t1 = time.perf_counter()
+                cut = next((i for i, t in enumerate(draft_ids) if t in draft_eos), None)
+                ended = cut is not None and cut < k  # the draft said the answer ends here
+                kept = draft_ids[:cut] if cut is not None else draft_ids
+                pieces = [draft_vocab.pieces[t] for t in kept]
+                draft_text = base + b"".join(pieces)
+                k_text = len(draft_text) if ended else len(base) + sum(len(p) for p in
+                                                                      pieces[:k])
+                proposal = propose(draft_text, text, k_text, target, k) if k else []
+                if ended and len(proposal) < k and stop_ids and \
+                        target.decode(proposal) == draft_text[len(text):]:
+                    proposal.append(int(stop_ids[0]))  # the draft's end of answer
             t2 = time.perf_counter()
             stats.draft_s += t1 - t0
             stats.translate_s += t2 - t1
@@ -229,7 +271,7 @@ def speculate_translated(
             # ---- send, wait for the verdict
             sent_at, sent_wall = time.perf_counter(), time.time()
             sent0_round, received0_round = link.bytes_sent, link.bytes_received
-            seq = link.send(Draft(len(tokens), proposal), session_id)
+            seq = link.send(Draft(len(tokens), proposal, q), session_id)
             try:
                 verdict = expect(link.wait(seq), Verdict)
             except UnknownSession as exc:  # lost us: rebuild from our history
@@ -251,7 +293,7 @@ def speculate_translated(
                 record = round_record(
                     session_id, sent_wall, len(tokens), proposal, verdict, arrived_at - sent_at,
                     t2 - t0, link.bytes_sent - sent0_round,
-                    link.bytes_received - received0_round, None)
+                    link.bytes_received - received0_round, q)
                 record["draft_model_ids"] = [int(t) for t in draft_ids]  # the other stream
                 trace.write(record)
             # ---- accept the verified prefix plus the target's own token
@@ -274,6 +316,14 @@ def speculate_translated(
             if stop is not None:
                 return
     finally:
+        drafter.allowed = None
         stats.wall_s += time.perf_counter() - start
         stats.bytes_sent += link.bytes_sent - sent0
         stats.bytes_received += link.bytes_received - received0
+
+
+def _in_target_ids(q: SparseQ | None, to_target: npt.NDArray[np.int32]) -> SparseQ | None:
+    """The draft's sparse q with its (intersection) ids renamed to the target's."""
+    if q is None:
+        return None
+    return SparseQ(q.counts, to_target[q.ids].astype(np.int32), q.probs)

@@ -272,7 +272,7 @@ class Worker:
         try:
             if job.messages is not None:
                 return client.chat_tokens(job.messages)
-            return client.drafter.tokenize(job.prompt or "")
+            return client.prompt_tokens(job.prompt or "")
         except ChatTemplateError as exc:
             raise ApiError(400, f"messages: {exc}", param="messages") from exc
 
