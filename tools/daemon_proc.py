@@ -47,15 +47,24 @@ def start_daemon(target: Path | str, log: Path, *extra: str, threads: int = 2,
     cmd = [sys.executable, "-m", "edgespec.verify_daemon.cli", "--port", str(port),
            "--target", str(target), *(["--threads", str(threads)] if threads else []), "-v",
            *extra]
+    process, endpoint = start_until_ready(cmd, log, r"verifyd ready on (\S+)", "verifyd",
+                                          timeout_s)
+    return DaemonProcess(process, endpoint, log)
+
+
+def start_until_ready(cmd: list[str], log: Path, ready: str, name: str, timeout_s: float
+                      ) -> tuple[subprocess.Popen[str], str]:
+    """Start ``cmd`` with its output in ``log``; wait for the line matching ``ready`` and
+    return the process and the line's first group (the address it serves)."""
     with log.open("w") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        match = re.search(r"verifyd ready on (\S+)", log.read_text())
+        match = re.search(ready, log.read_text())
         if match:
-            return DaemonProcess(process, match.group(1), log)
+            return process, match.group(1)
         if process.poll() is not None:
-            raise RuntimeError(f"verifyd exited early:\n{log.read_text()}")
+            raise RuntimeError(f"{name} exited early:\n{log.read_text()}")
         time.sleep(0.1)
     process.kill()
-    raise RuntimeError(f"verifyd did not become ready:\n{log.read_text()}")
+    raise RuntimeError(f"{name} did not become ready:\n{log.read_text()}")

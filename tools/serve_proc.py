@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from edgespec.tools.daemon_proc import start_until_ready
 
 
 @dataclass
@@ -32,15 +32,6 @@ def start_serve(server: str, log: Path, *extra: str, threads: int = 1,
     line, which names the URL (``command``: another ``edgespec``, e.g. an installed one)."""
     cmd = [*(command or [sys.executable, "-m", "edgespec.edge_client.cli"]), "serve",
            "--server", server, "--port", "0", "--threads", str(threads), *extra]
-    with log.open("w") as out:
-        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        match = re.search(r"edgespec serve ready on (http://\S+/)", log.read_text())
-        if match:
-            return ServeProcess(process, match.group(1), log)
-        if process.poll() is not None:
-            raise RuntimeError(f"edgespec serve exited early:\n{log.read_text()}")
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"edgespec serve did not become ready:\n{log.read_text()}")
+    process, url = start_until_ready(cmd, log, r"edgespec serve ready on (http://\S+/)",
+                                     "edgespec serve", timeout_s)
+    return ServeProcess(process, url, log)
