@@ -47,7 +47,7 @@ def generate(endpoint: str, lines: list[dict], tmp_path: Path, *extra: str) -> l
 
 
 def check(gemma_alone: TargetAlone, prompt: list[int], got: list[int], n: int) -> None:
-    assert_same_tokens(gemma_alone, prompt, got, gemma_alone.greedy(prompt, n))  # type: ignore[arg-type]
+    assert_same_tokens(gemma_alone, prompt, got, gemma_alone.greedy(prompt, n))
 
 
 def test_translated_greedy_matches_gemma_alone(gemma_daemon, gemma_alone, tmp_path):
