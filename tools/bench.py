@@ -5,7 +5,7 @@ the same run (``tools/costs.py``).
 With ``--sampling`` all three sample (temperature 0.7, top-p 0.9, one seed per prompt) and
 ids are not compared (the distributions are: tests/integration/test_sampling.py).
 
-    tools/bench [--pairs default,hard] [--sets chat,humaneval] [--sampling] [--json]
+    tools/bench [--pairs default,hard,cross] [--sets chat,humaneval] [--sampling] [--json]
     tools/bench --rtt 0,20,50,100 [--json]   (edgespec through tools/relay at each RTT)
     tools/bench batching --sessions 1,4,16,64 [--json]      (see bench_batching.py)
     tools/bench distribution [--pair default|tiny] [--draws 10000]  (bench_distribution.py)
@@ -117,13 +117,18 @@ def bound_fields(tok_s: float, tokens: int, prefill_s: float, parts: Parts, a: f
             "measured_over_bound": round(tok_s / bound_tok_s, 3) if bound_tok_s else 0.0}
 
 
+def _draft_ids(client: Any, ids: list[int]) -> list[int]:
+    """Target ids as the draft's own (the same ids unless the pair translates)."""
+    return client.draft_ids(client.text(ids)) if client.translation is not None else ids
+
+
 def measure_components(client: Any, alone: Any, threads: int, verify_threads: int,
                        context: list[int], links: dict[float, Any]) -> Components:
     from edgespec.tools.costs import draft_s_per_token, ping_s, verify_cost
 
     step = verify_cost(alone.model, threads, context, widths=(1,))
     return Components(
-        draft_s_per_token=draft_s_per_token(client.drafter, context[:64]),
+        draft_s_per_token=draft_s_per_token(client.drafter, _draft_ids(client, context)[:64]),
         verify=verify_cost(alone.model, verify_threads, context),
         verify_threads=verify_threads, generate_step_s=step(1),
         round_trip_s={rtt: ping_s(link) for rtt, link in links.items()},
@@ -186,12 +191,12 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
             return (alone.sample(ids, max_new, **SAMPLING, seed=seed, stop_ids=client.stop_ids)
                     if sampling else alone.greedy(ids, max_new, client.stop_ids))
 
-        warm = client.drafter.tokenize("Hello")
+        warm = client.prompt_tokens("Hello")
         alone.greedy(warm, 4, client.stop_ids)
         for via in clients.values():
             edgespec_run(via, warm, k, GenerationStats())
         first_text, first_raw = load_prompts(sets[0], 1)[0]
-        first = (client.drafter.tokenize(first_text) if first_raw
+        first = (client.prompt_tokens(first_text) if first_raw
                  else client.chat_tokens([{"role": "user", "content": first_text}]))
         context = (first * (1 + max_new // max(1, len(first))))[:len(first) + max_new // 2]
         components = measure_components(client, alone, threads, daemon_threads, context,
@@ -202,7 +207,7 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
             stats_of = {m: GenerationStats() for m in methods}
             task = progress.add_task(f"{pair}/{set_name}", total=len(prompts))
             for seed, (text, raw) in enumerate(prompts, 1):
-                ids = (client.drafter.tokenize(text) if raw
+                ids = (client.prompt_tokens(text) if raw
                        else client.chat_tokens([{"role": "user", "content": text}]))
                 for method in methods:
                     t0 = time.perf_counter()
@@ -269,9 +274,10 @@ def summarize(tallies: dict[str, Tally], stats_of: dict[str, Any], components: C
         # verification) are measured on the daemon's clock and do not add up with the rest.
         "time_split": {
             "client_drafting": round(stats.draft_s / wall, 3),
+            "client_translating": round(stats.translate_s / wall, 3),  # cross pair only
             "client_waiting": round(stats.wait_s / wall, 3),
-            "client_other": round(
-                (wall - stats.draft_s - stats.wait_s - stats.open_s) / wall, 3),
+            "client_other": round((wall - stats.draft_s - stats.translate_s - stats.wait_s
+                                   - stats.open_s) / wall, 3),
             "open_prefill": round(stats.open_s / wall, 3),
             "verify_on_daemon": round(stats.verify_s / wall, 3),
             "wire_and_daemon_overhead": round((stats.round_trip_s - stats.verify_s) / wall, 3),
@@ -425,7 +431,8 @@ def plot_rtt(results: dict[str, Any], path: Path) -> None:
 
 @click.group(invoke_without_command=True, context_settings={"show_default": True})
 @click.option("--pairs", default="default,hard",
-              help="Draft/target pairs: default, hard (tiny: random weights, for plumbing).")
+              help="Draft/target pairs: default, hard, cross (SmolLM2 draft before Gemma 3 "
+                   "270M: another tokenizer) (tiny: random weights, for plumbing).")
 @click.option("--sets", "sets_", default="chat,humaneval", help="Prompt sets.")
 @click.option("--prompts", "n", type=int, default=6, help="Prompts per set.")
 @click.option("--max-tokens", type=int, default=128)

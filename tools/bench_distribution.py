@@ -24,7 +24,8 @@ MODES = {"sparse": None, "one-hot": 0.0}  # the draft temperature that gives eac
 
 
 def pair_paths(pair: str, cache: Path) -> tuple[Path, str]:
-    """(draft GGUF, target for ``verifyd --target``) of ``default``, ``hard`` or ``tiny``."""
+    """(draft GGUF, target for ``verifyd --target``) of ``default``, ``hard``, ``tiny`` or
+    ``cross`` (the default SmolLM2 draft before Gemma 3 270M: another tokenizer)."""
     from edgespec.models.convert import ensure_target_snapshot, resolve_target
     from edgespec.models.paths import resolve_draft
 
@@ -33,6 +34,8 @@ def pair_paths(pair: str, cache: Path) -> tuple[Path, str]:
 
         tiny = ensure_tiny_pair(cache)
         return tiny.draft_gguf, str(ensure_target_snapshot(tiny.target_gguf, cache))
+    if pair == "cross":
+        return resolve_draft("default", cache), resolve_target("gemma", cache)
     return resolve_draft(pair, cache), resolve_target(None, cache)
 
 
