@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from edgespec.tools.bound import VerifyCost, best_batched
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -31,7 +32,9 @@ from rich.table import Table
 SYSTEMS = ("edgespec_default", "edgespec_hard", "verifyd_k0", "cb_engine")
 # The fields of each system at each N in --json (README's "Many users" documents each).
 SYSTEM_FIELDS = ("tok_s", "session_tok_s_p50", "session_tok_s_p10", "forwards_per_token",
-                 "peak_rss_mb", "tokens", "wall_s", "diverged", "errors")
+                 "peak_rss_mb", "tokens", "wall_s", "diverged", "errors", "bound_tok_s",
+                 "bound_k", "measured_over_bound")
+BOUND_WIDTHS = (1, 4, 16, 64, 256, 1088)  # up to 64 sessions x (16 drafts + 1)
 
 
 class RssSampler:
@@ -117,7 +120,24 @@ def system_row(tokens: int, wall_s: float, session_tok_s: list[float], forwards:
             "session_tok_s_p10": round(percentile(session_tok_s, 10), 2),
             "forwards_per_token": round(forwards / tokens if tokens else 0.0, 4),
             "peak_rss_mb": round(peak_rss_kb / 1024, 1), "tokens": tokens,
-            "wall_s": round(wall_s, 2), "diverged": diverged, "errors": errors}
+            "wall_s": round(wall_s, 2), "diverged": diverged, "errors": errors,
+            "bound_tok_s": 0.0, "bound_k": 0, "measured_over_bound": 0.0}
+
+
+def acceptance(sessions: list[list[dict[str, Any]]]) -> float:
+    """Per-token acceptance of recorded rounds (the geometric estimate the client uses)."""
+    rounds = [r for records in sessions for r in records if r["kind"] == "round"]
+    accepted = sum(r["accepted"] for r in rounds)
+    misses = sum(r["accepted"] < len(r["draft"]) for r in rounds)
+    return accepted / (accepted + misses) if accepted + misses else 0.0
+
+
+def add_bound(row: dict[str, Any], verify: VerifyCost, a: float, sessions: int,
+              prompt_tokens: int, k_max: int) -> None:
+    """Measured / the best tokens/s N sessions could reach at this acceptance (bound.py)."""
+    tok_s, k = best_batched(verify, a, sessions, row["tokens"], prompt_tokens, k_max)
+    row.update(bound_tok_s=round(tok_s, 2), bound_k=k,
+               measured_over_bound=round(row["tok_s"] / tok_s, 3) if tok_s else 0.0)
 
 
 def measure(run: Callable[[], tuple[Any, float]], stats_path: Path, pid: int
@@ -165,6 +185,18 @@ def run_engine(target: str, threads: int, sessions: list[list[dict[str, Any]]],
                       result["session_tok_s"], result["forwards"], rss.peak_kb, diverged, {})
 
 
+def batch_verify_cost(target: str, threads: int, context: list[int]) -> VerifyCost:
+    """V(w) of one plain forward over w tokens, up to a full batch, in this process."""
+    import torch
+    from edgespec.tools.costs import verify_cost
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).eval()
+    cost = verify_cost(model, threads, context, widths=BOUND_WIDTHS, repeats=3)
+    del model
+    return cost
+
+
 def run_batching(counts: list[int], traces: dict[str, Path], threads: int, workdir: Path,
                  progress: Progress) -> dict[str, Any]:
     """Every system at every N, against one verifyd (and one engine process per N)."""
@@ -179,6 +211,7 @@ def run_batching(counts: list[int], traces: dict[str, Path], threads: int, workd
         if not sessions:
             raise click.ClickException(f"no sessions in {traces[pair]}")
     target = str(resolve_target(None, default_cache_dir()))
+    verify = batch_verify_cost(target, threads, recorded["default"][0][0]["tokens"][:32])
     eos = GenerationConfig.from_pretrained(target).eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     stats_path = workdir / "stats.json"
@@ -202,7 +235,13 @@ def run_batching(counts: list[int], traces: dict[str, Path], threads: int, workd
                         sessions = [as_target_only(records) for records in sessions]
                     row[system] = measure(partial(replay, daemon.endpoint, sessions, n,
                                                   "fast", 600.0), stats_path, pid)
+                drafted = system.startswith("edgespec")
+                add_bound(row[system], verify, acceptance(sessions) if drafted else 0.0, n,
+                          sum(len(records[0]["tokens"]) for records in sessions),
+                          16 if drafted else 0)
                 progress.advance(task)
+            row["verify_ms_by_width"] = {str(w): round(1000 * t, 1) for w, t in
+                                         zip(verify.widths, verify.seconds, strict=True)}
             base = row["cb_engine"]["tok_s"]
             row["vs_engine"] = {s: round(row[s]["tok_s"] / base, 3) if base else 0.0
                                 for s in SYSTEMS}
@@ -216,18 +255,19 @@ def run_batching(counts: list[int], traces: dict[str, Path], threads: int, workd
 def print_table(console: Console, results: dict[str, Any], caption: str = "") -> None:
     table = Table(title="N sessions on one server: generated tokens/s, each session's tokens/s "
                   "(p50 / p10), forwards per token, peak RSS", caption=caption)
-    for col in ("N", "system", "tok/s", "× engine", "session p50", "session p10",
-                "fwd/token", "peak RSS MB", "diverged"):
+    for col in ("N", "system", "tok/s", "× engine", "bound", "/bound", "session p50",
+                "session p10", "fwd/token", "peak RSS MB", "diverged"):
         table.add_column(col, justify="right")
     for n, row in results.items():
         for system in SYSTEMS:
             r = row[system]
             table.add_row(n, system.replace("_", " "), f"{r['tok_s']:.1f}",
-                          f"{row['vs_engine'][system]:.2f}", f"{r['session_tok_s_p50']:.2f}",
+                          f"{row['vs_engine'][system]:.2f}", f"{r['bound_tok_s']:.1f}",
+                          f"{r['measured_over_bound']:.2f}", f"{r['session_tok_s_p50']:.2f}",
                           f"{r['session_tok_s_p10']:.2f}", f"{r['forwards_per_token']:.3f}",
                           f"{r['peak_rss_mb']:.0f}", str(r["diverged"]))
         if row["distinct_prompts"] < int(n):
-            table.add_row(n, f"(only {row['distinct_prompts']} distinct prompts)", *[""] * 7)
+            table.add_row(n, f"(only {row['distinct_prompts']} distinct prompts)", *[""] * 9)
     console.print(table)
 
 

@@ -30,6 +30,12 @@ schedule that mixes draft lengths gets a weighted mean of the per-k ratios, neve
 the largest. So the bound is ``max_k E(k) / C(k)`` over 0 <= k <= ``k_max``; k = 0 is the
 daemon decoding alone, one token per round trip, ``1 / (R + V(1))``.
 
+**Many sessions on one server** (``best_batched``): N sessions verified together advance
+in one pass of width N (k + 1), each yielding E(k) tokens, after one prefill over all their
+prompt tokens P. For T generated tokens in all (sessions assumed equally long, which only
+helps), the time is at least ``V(P) + T V(N (k + 1)) / (N E(k))``; the bound is T over the
+least such time, over k. At k = 0 it is what any target-only engine could reach.
+
 Measured / bound says how much of what this machine allows a run achieved. What the bound
 leaves out on purpose: the daemon's own overhead beyond a plain forward, prefill, and
 acceptance that varies within a text (a schedule that knew each round's acceptance could
@@ -122,3 +128,18 @@ def best(parts: Parts, a: float, k_max: int) -> Bound:
     k_seq = max(ks, key=lambda k: rate(parts, a, k, False))
     k_pipe = max(ks, key=lambda k: rate(parts, a, k, True))
     return Bound(rate(parts, a, k_seq, False), k_seq, rate(parts, a, k_pipe, True), k_pipe)
+
+
+def best_batched(verify: VerifyCost, a: float, sessions: int, tokens: int,
+                 prompt_tokens: int, k_max: int) -> tuple[float, int]:
+    """The best tokens/s of ``sessions`` verified together, and its draft length."""
+    if tokens <= 0 or sessions <= 0:
+        return 0.0, 0
+
+    def tok_s(k: int) -> float:
+        per_step = sessions * expected_tokens(a, k)
+        seconds = verify(max(1, prompt_tokens)) + tokens * verify(sessions * (k + 1)) / per_step
+        return tokens / seconds
+
+    k = max(range(k_max + 1), key=tok_s)
+    return tok_s(k), k

@@ -128,7 +128,7 @@ def prompt_ids(target: str, n: int) -> list[list[int]]:
 def run_what_if(target: str, alphas: list[float], ks: list[int], counts: list[int],
                 max_new: int, threads: int, device: str, dtype: str, workdir: Path,
                 progress: Progress) -> dict[str, Any]:
-    from edgespec.tools.bench_batching import load_limits, measure
+    from edgespec.tools.bench_batching import add_bound, batch_verify_cost, load_limits, measure
     from edgespec.tools.daemon_proc import start_daemon
     from edgespec.tools.replay import as_target_only, replay
     from transformers import AutoConfig, AutoTokenizer
@@ -149,6 +149,9 @@ def run_what_if(target: str, alphas: list[float], ks: list[int], counts: list[in
         task = progress.add_task("target's greedy answers (k = 0)", total=None)
         prompts = prompt_ids(target, max(counts))
         answers = target_continuations(daemon.endpoint, prompts, max_new, stops, 600.0)
+        # The bound's V(w) is measured in this process, so only where the daemon runs here.
+        verify = batch_verify_cost(target, threads, prompts[0][:32]) if device == "cpu" \
+            else None
         progress.remove_task(task)
         task = progress.add_task("what-if", total=len(counts) * (1 + len(alphas) * len(ks)))
         for n in counts:
@@ -162,9 +165,13 @@ def run_what_if(target: str, alphas: list[float], ks: list[int], counts: list[in
                         k0 = [as_target_only(t) for t in traces]
                         row["k0"] = measure(partial(replay, daemon.endpoint, k0, n, "fast",
                                                     600.0), stats_path, pid)
+                        if verify is not None:
+                            add_bound(row["k0"], verify, 0.0, n, prompt_tokens(traces), 0)
                         progress.advance(task)
                     m = measure(partial(replay, daemon.endpoint, traces, n, "fast", 600.0),
                                 stats_path, pid)
+                    if verify is not None:
+                        add_bound(m, verify, alpha, n, prompt_tokens(traces), k)
                     m["vs_k0"] = round(m["tok_s"] / row["k0"]["tok_s"], 3) \
                         if row["k0"]["tok_s"] else 0.0
                     row[f"a{alpha:g}_k{k}"] = m
@@ -175,15 +182,20 @@ def run_what_if(target: str, alphas: list[float], ks: list[int], counts: list[in
     return results
 
 
+def prompt_tokens(traces: list[list[Record]]) -> int:
+    return sum(len(records[0]["tokens"]) for records in traces)
+
+
 def print_table(console: Console, results: dict[str, Any], caption: str) -> None:
     table = Table(title="what-if capacity: controlled acceptance α, draft length k, N sessions",
                   caption=caption)
-    for col in ("N", "drafts", "tok/s", "× k=0", "session p50", "session p10", "fwd/token",
-                "peak RSS MB", "diverged"):
+    for col in ("N", "drafts", "tok/s", "× k=0", "bound", "/bound", "session p50",
+                "session p10", "fwd/token", "peak RSS MB", "diverged"):
         table.add_column(col, justify="right")
     for n, row in results.items():
         for name, r in row.items():
             table.add_row(n, name, f"{r['tok_s']:.1f}", f"{r.get('vs_k0', 1.0):.2f}",
+                          f"{r['bound_tok_s']:.1f}", f"{r['measured_over_bound']:.2f}",
                           f"{r['session_tok_s_p50']:.2f}", f"{r['session_tok_s_p10']:.2f}",
                           f"{r['forwards_per_token']:.3f}", f"{r['peak_rss_mb']:.0f}",
                           str(r["diverged"]))

@@ -6,7 +6,7 @@ import random
 
 import pytest
 from edgespec.edge_client.draft_length import expected_tokens
-from edgespec.tools.bound import Parts, VerifyCost, best, rate, round_cost
+from edgespec.tools.bound import Parts, VerifyCost, best, best_batched, rate, round_cost
 
 FLAT = VerifyCost.from_table({1: 0.05})  # a pass costs 50 ms at any width (a GPU, roughly)
 
@@ -92,3 +92,17 @@ def test_no_mixed_schedule_beats_the_best_constant_k():
 def test_acceptance_outside_unit_interval_is_refused():
     with pytest.raises(ValueError):
         best(Parts(0.01, FLAT, 0.0), 1.5, 4)
+
+
+def test_batched_bound_at_k0_is_one_step_per_token_per_batch():
+    v = VerifyCost.from_table({1: 0.05, 16: 0.08, 256: 0.5})
+    tok_s, k = best_batched(v, 0.0, sessions=16, tokens=1600, prompt_tokens=256, k_max=8)
+    assert k == 0
+    assert tok_s == pytest.approx(1600 / (0.5 + 100 * 0.08))
+
+
+def test_batching_drafts_pays_when_passes_are_cheap_per_token():
+    flat = VerifyCost.from_table({1: 0.05, 4096: 0.06})  # a GPU: width nearly free
+    steep = VerifyCost.from_table({1: 0.05, 2: 0.1})  # every token costs a full pass
+    assert best_batched(flat, 0.8, 16, 1600, 256, 16)[1] > 0
+    assert best_batched(steep, 0.8, 16, 1600, 256, 16)[1] == 0
