@@ -30,7 +30,7 @@ import socket as pysocket
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import zmq
@@ -69,11 +69,12 @@ class Connections:
         self.monitor = router.get_monitor_socket(_EVENTS)
         self.by_fd: dict[int, Conn] = {}
         self.by_rid: dict[bytes, Conn] = {}
+        self.ended: OrderedDict[bytes, None] = OrderedDict()  # routing ids of ended connections
+        self.max_ended = 4 * limits.max_connections
         self.per_address: Counter[str] = Counter()
         self.refused = 0  # connections over a cap
         self.cut_backlog = 0  # connections that sent more than we may buffer
         self.peak = 0
-        self.tracking = True  # false if this libzmq gives no SRCFD: nothing is "gone" then
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="verifyd-connections",
                                         daemon=True)
@@ -96,8 +97,7 @@ class Connections:
         """Count a message read from ``frame``'s connection; return the peer's address key."""
         try:
             fd = int(frame.get(zmq.SRCFD))
-        except (zmq.ZMQError, ValueError, TypeError):
-            self.tracking = False
+        except (zmq.ZMQError, ValueError, TypeError):  # no SRCFD here: nothing is ever "gone"
             fd = -1
         conn = self.by_fd.get(fd)
         if conn is None:  # not seen accepted yet (or already ended): ask the message
@@ -112,8 +112,9 @@ class Connections:
         return conn.address
 
     def gone(self, rid: bytes) -> bool:
-        """True when the connection with routing id ``rid`` is known to have ended."""
-        return self.tracking and rid not in self.by_rid
+        """True when the connection with routing id ``rid`` is known to have ended (one we
+        never matched to a descriptor counts as alive: reclaiming is only for the sure)."""
+        return rid in self.ended
 
     @property
     def count(self) -> int:
@@ -175,6 +176,9 @@ class Connections:
     def _forget(self, conn: Conn) -> None:
         if self.by_rid.get(conn.rid) is conn:
             del self.by_rid[conn.rid]
+            self.ended[conn.rid] = None
+            while len(self.ended) > self.max_ended:
+                self.ended.popitem(last=False)
         self.per_address[conn.address] -= 1
         if self.per_address[conn.address] <= 0:
             del self.per_address[conn.address]
