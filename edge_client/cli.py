@@ -55,13 +55,17 @@ def _common(fn: Any) -> Any:
                      help="Seconds a connection attempt (HELLO) may take."),
         click.option("--reconnect-for", type=float, default=60.0, show_default=True,
                      help="Seconds to keep reconnecting to a lost daemon before giving up."),
+        click.option("--busy-for", type=float, default=120.0, show_default=True,
+                     help="Seconds to keep retrying a daemon that answers 'busy' (it says "
+                          "when to retry) before giving up; the conversation is kept."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-LINK_OPTIONS = ("server_key", "client_key", "heartbeat", "connect_timeout", "reconnect_for")
+LINK_OPTIONS = ("server_key", "client_key", "heartbeat", "connect_timeout", "reconnect_for",
+                "busy_for")
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -73,7 +77,8 @@ def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, A
 def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
             pipeline: bool, timeout: float, cache_dir: str | None, server_key: str | None,
             client_key: str | None, heartbeat: float, connect_timeout: float,
-            reconnect_for: float, seeded: bool = False) -> ClientConfig:
+            reconnect_for: float, busy_for: float = 120.0, seeded: bool = False
+            ) -> ClientConfig:
     from edgespec.models.paths import ModelNotFound, default_cache_dir, resolve_draft
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -87,6 +92,7 @@ def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fix
         adaptive=not fixed_k, pipeline=pipeline, timeout_s=timeout, timed_k=not seeded,
         server_key=server_key, client_key=client_key, heartbeat_s=heartbeat,
         connect_timeout_s=connect_timeout, reconnect_for_s=reconnect_for,
+        busy_for_s=busy_for,
     )
 
 

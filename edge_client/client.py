@@ -39,7 +39,8 @@ class EdgeClient:
         self.link = Link(config.server, timeout_s=config.timeout_s, curve=curve,
                          liveness=Liveness(heartbeat_s=config.heartbeat_s,
                                            connect_timeout_s=config.connect_timeout_s,
-                                           reconnect_for_s=config.reconnect_for_s))
+                                           reconnect_for_s=config.reconnect_for_s,
+                                           busy_for_s=config.busy_for_s))
         try:  # EITHER: the daemon says whether ids go as they are or are translated
             self.welcome = self.link.hello(self.fingerprint, mode=TokenizerMode.EITHER)
         except MalformedFrame:  # a daemon from before translation: ids as they are

@@ -21,6 +21,7 @@ class ClientConfig:
     heartbeat_s: float = 1.0  # a dead daemon is noticed within 3 heartbeats
     connect_timeout_s: float = 10.0
     reconnect_for_s: float = 60.0
+    busy_for_s: float = 120.0  # a daemon that answers OVERLOADED this long: give up
 
     def __post_init__(self) -> None:
         if not 0 <= self.draft_tokens <= 64:
