@@ -126,3 +126,35 @@ def test_translating_and_same_tokenizer_clients_at_once(gemma_daemon, gemma_alon
         kinds.append(result["stats"]["tokenizers"] != "same")
         check(gemma_alone, result["prompt_token_ids"], result["token_ids"], 24)
     assert kinds == [True, False, True, False]
+
+
+def test_bad_translation_requests_get_typed_errors_from_a_live_daemon(gemma_daemon, gemma_dir):
+    """A client claiming to translate with the target's own tokenizer, a vocabulary range past
+    the end and a translated id outside the vocabulary: typed errors; the daemon goes on."""
+    import numpy as np
+    from edgespec.edge_client.transport import Link
+    from edgespec.models.fingerprint import fingerprint_hf_tokenizer
+    from edgespec.wire.codec import Draft, Open, Opened, Vocab, VocabGet
+    from edgespec.wire.errors import InvalidToken, LimitExceeded, ModelMismatch
+    from edgespec.wire.protocol import TokenizerMode
+    from transformers import AutoTokenizer
+
+    gemma_fp = fingerprint_hf_tokenizer(AutoTokenizer.from_pretrained(gemma_dir))
+    link = Link(gemma_daemon.endpoint, timeout_s=30)
+    try:
+        with pytest.raises(ModelMismatch, match="asks to translate"):
+            link.hello(gemma_fp, mode=TokenizerMode.TRANSLATE)
+        welcome = link.hello(b"\x00" * 32, mode=TokenizerMode.EITHER)
+        assert welcome.translate and welcome.vocab_entries == 262_144
+        with pytest.raises(LimitExceeded):
+            link.request(VocabGet(1_000_000, 16), recover=False)
+        chunk = link.request(VocabGet(262_000, 16_384), recover=False)
+        assert isinstance(chunk, Vocab) and len(chunk.lengths) == 144  # the last entries only
+        assert isinstance(link.request(Open(np.array([2, 818], np.int32), 4), 7), Opened)
+        with pytest.raises(InvalidToken):
+            link.request(Draft(2, np.array([5, 262_144], np.int32)), 7, recover=False)
+        # the refused draft changed nothing: the session still verifies from where it was
+        verdict = link.request(Draft(2, np.array([5], np.int32)), 7, recover=False)
+        assert verdict.new_length in (3, 4)
+    finally:
+        link.close()
