@@ -86,3 +86,15 @@ def test_batching_fields_match_the_constant():
 def test_readme_documents_every_field(fields: tuple[str, ...]):
     documented = set(re.findall(r"`([a-z0-9_]+)`", benchmark_section()))
     assert set(fields) - documented == set()
+
+
+def test_components_keep_each_part_at_its_fastest_measurement():
+    slow_start = Components(0.03, VerifyCost.from_table({1: 0.09, 17: 0.2}), 1, 0.05,
+                            {0.0: 0.002}, 100, 16)
+    fast_end = Components(0.02, VerifyCost.from_table({1: 0.05, 17: 0.3}), 1, 0.06,
+                          {0.0: 0.001}, 100, 16)
+    both = slow_start.fastest(fast_end)
+    assert both.draft_s_per_token == 0.02
+    assert both.verify.seconds == (0.05, 0.2)
+    assert both.generate_step_s == 0.05
+    assert both.round_trip_s == {0.0: 0.001}
