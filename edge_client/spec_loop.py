@@ -62,8 +62,10 @@ def speculate(
             k = policy.next_k(max_new_tokens - generated)
             ahead = ahead[:k]
             t0 = time.perf_counter()
-            drafter.sync(tokens + ahead)
-            draft = ahead + drafter.draft(k - len(ahead))
+            draft: list[int] = []
+            if k:  # k = 0 (target only): the draft model has nothing to do; a later round's
+                drafter.sync(tokens + ahead)  # sync catches up on every token at once
+                draft = ahead + drafter.draft(k - len(ahead))
             draft_time, draft_count = time.perf_counter() - t0, k - len(ahead)
             if not opened:
                 _await_open(link, open_seq, session_id, tokens, max_new_tokens - generated,
