@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgespec.tools.daemon_proc import start_until_ready
+from edgespec.tools.daemon_proc import start_until_ready, stop_process
 
 
 @dataclass
@@ -17,13 +17,7 @@ class ServeProcess:
     log: Path
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_serve(server: str, log: Path, *extra: str, threads: int = 1,
