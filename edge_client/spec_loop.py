@@ -110,16 +110,12 @@ def speculate(
                     draft_time, link.bytes_sent - sent0_round,
                     link.bytes_received - received0_round, q))
             # ---- accept the verified prefix plus the target's own token; roll back the rest
-            new = [*draft[: verdict.accepted], verdict.next_token]
+            new, stopped = verified_tokens(draft, verdict, max_new_tokens - generated, stops)
             full = verdict.accepted == len(draft)
             guessed = full and bool(guesses) and guesses[0] == verdict.next_token
             ahead = guesses[1:] if guessed else []
             policy.observe(len(draft), verdict.accepted, draft_time / max(draft_count, 1),
                            arrived_at - sent_at)
-            new = new[: max_new_tokens - generated]
-            cut = next((i for i, t in enumerate(new) if t in stops), None)
-            if cut is not None:
-                new = new[: cut + 1]
             tokens.extend(new)
             generated += len(new)
             stats.rounds += 1
@@ -130,12 +126,21 @@ def speculate(
             stats.ahead_drafted += len(guesses)
             stats.generated += len(new)
             yield new
-            if cut is not None:
+            if stopped:
                 return
     finally:
         stats.wall_s += time.perf_counter() - start
         stats.bytes_sent += link.bytes_sent - sent0
         stats.bytes_received += link.bytes_received - received0
+
+
+def verified_tokens(draft: Sequence[int], verdict: Verdict, budget: int, stops: set[int]
+                    ) -> tuple[list[int], bool]:
+    """The round's new tokens (accepted prefix + the target's own), cut to ``budget`` and
+    after the first stop id; and whether a stop id ended the answer."""
+    new = [*draft[: verdict.accepted], verdict.next_token][:budget]
+    cut = next((i for i, t in enumerate(new) if t in stops), None)
+    return (new, False) if cut is None else (new[: cut + 1], True)
 
 
 def _send_open(link: Link, session_id: int, tokens: list[int], max_new: int,

@@ -29,7 +29,12 @@ import numpy as np
 import numpy.typing as npt
 from edgespec.edge_client.draft_length import DraftLength
 from edgespec.edge_client.drafter import Drafter
-from edgespec.edge_client.spec_loop import MAX_REOPENS, _await_open, _send_open
+from edgespec.edge_client.spec_loop import (
+    MAX_REOPENS,
+    _await_open,
+    _send_open,
+    verified_tokens,
+)
 from edgespec.edge_client.stats import GenerationStats
 from edgespec.edge_client.trace import TraceWriter, round_record
 from edgespec.edge_client.transport import Link, Reconnected, expect
@@ -297,13 +302,9 @@ def speculate_translated(
                 record["draft_model_ids"] = [int(t) for t in draft_ids]  # the other stream
                 trace.write(record)
             # ---- accept the verified prefix plus the target's own token
-            new = [*proposal[: verdict.accepted], verdict.next_token]
+            new, stopped = verified_tokens(proposal, verdict, max_new_tokens - generated, stops)
             policy.observe(len(proposal), verdict.accepted, (t2 - t0) / max(k + 1, 1),
                            arrived_at - sent_at)
-            new = new[: max_new_tokens - generated]
-            stop = next((i for i, t in enumerate(new) if t in stops), None)
-            if stop is not None:
-                new = new[: stop + 1]
             tokens.extend(new)
             text += target.decode(new)
             generated += len(new)
@@ -313,7 +314,7 @@ def speculate_translated(
             stats.rejected_rounds += int(verdict.accepted < len(proposal))
             stats.generated += len(new)
             yield new
-            if stop is not None:
+            if stopped:
                 return
     finally:
         drafter.allowed = None
