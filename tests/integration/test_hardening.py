@@ -379,8 +379,7 @@ def test_a_long_prompt_does_not_stall_other_users(daemon):
     want = greedy(daemon.endpoint, 71, n=16)
     quiet = _round_times(daemon.endpoint, 72, 16)
     attacker = dealer(daemon.endpoint, "127.0.0.2")
-    long_prompt = [int(t) for t in np.random.default_rng(0).integers(200, 40_000, 7000)]
-    attacker.send_multipart(encode(Open(ids(*long_prompt[:2000]), 8), 500, 1))
+    attacker.send_multipart(encode(Open(ids(*_random_prompt(500, 2000)), 8), 500, 1))
     pings: list[float] = []
     stop = threading.Event()
 
@@ -400,10 +399,11 @@ def test_a_long_prompt_does_not_stall_other_users(daemon):
         tokens, busy = _round_times(daemon.endpoint, 73, 16, keep_tokens=True)
         still_prefilling = not attacker.poll(0)
         # the prefill bound: with two more prompts of 7,000 tokens waiting, a third from
-        # the same address would queue more than one address may: come back later
+        # the same address would queue more than one address may: come back later. Each
+        # prompt is its own, so no shared prefix block shortens what is queued
         for sid in (501, 502):
-            attacker.send_multipart(encode(Open(ids(*long_prompt), 8), sid, 1))
-        attacker.send_multipart(encode(Open(ids(*long_prompt[:4000]), 8), 503, 1))
+            attacker.send_multipart(encode(Open(ids(*_random_prompt(sid, 7000)), 8), sid, 1))
+        attacker.send_multipart(encode(Open(ids(*_random_prompt(503, 4000)), 8), 503, 1))
         third = _answer_to(attacker, 503)
     finally:
         stop.set()
@@ -420,6 +420,10 @@ def test_a_long_prompt_does_not_stall_other_users(daemon):
     assert still_prefilling, "the long prompt finished before the good client's rounds"
     assert tokens == want
     assert isinstance(third, Error) and third.code == ErrorCode.OVERLOADED, third
+
+
+def _random_prompt(seed: int, n: int) -> list[int]:
+    return [int(t) for t in np.random.default_rng(seed).integers(200, 40_000, n)]
 
 
 def _answer_to(sock: zmq.Socket, sid: int, timeout_s: float = 60.0) -> Message:

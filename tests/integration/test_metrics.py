@@ -109,11 +109,16 @@ def test_prometheus_counts_equal_the_clients_own_stats(metered, prometheus, tmp_
         rounds = sum(s["rounds"] for s in stats) + spec["num_drafts"]
         assert accepted > 0
 
+        answered_at = time.time()
+
         def scraped(promql: str, want: float) -> bool:
             return query(prometheus, promql) == want
 
-        wait_for(lambda: scraped("spec_decode_num_accepted_tokens_total", accepted), 30,
-                 f"prometheus never saw {accepted} accepted tokens")
+        # read a scrape taken after the last reply: one taken before it can already hold
+        # every accepted token and still miss the final round (a round of 0 drafts adds none)
+        wait_for(lambda: (query(prometheus, 'timestamp(up{job="verifyd"})') or 0)
+                 > answered_at, 30, "prometheus took no scrape after the answers")
+        assert query(prometheus, "spec_decode_num_accepted_tokens_total") == accepted
         assert query(prometheus, "spec_decode_num_draft_tokens_total") == drafted
         assert query(prometheus, "verifyd_rounds_total") == rounds
         assert query(prometheus, "sum(spec_decode_num_accepted_tokens_per_pos_total)") \
