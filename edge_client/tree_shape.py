@@ -1,0 +1,95 @@
+"""Chain or tree, and how big, for the next round: measured per session.
+
+A round in mode m (chain or tree) yields T_m tokens and costs S_m seconds on the user's side
+(drafting, then waiting for the verdict). Over many rounds the session runs at
+
+    rate_m = E[T_m] / E[S_m]
+
+tokens/s. Both means are exponentially weighted over that mode's recent rounds, and each
+round runs the mode with the higher rate. The mode not chosen is re-measured once every
+``explore_every`` rounds, so a change (a longer round trip, a busier server, a harder
+stretch of text) is noticed: seed 002's adaptive N, which falls back to a single chain
+when extra candidates stop paying.
+
+A tree's shape: depth d = the chain policy's k (``draft_length.py``: the best chain length
+for the measured acceptance, drafting cost and round trip), nodes
+n = min(budget, ceil(tree_factor × d)) where ``budget`` is the daemon's VERDICT budget
+(fewer tokens when it is busy). Where the extra n − d nodes go is the drafter's business:
+siblings at the positions where the draft is least sure. When the budget leaves no room for
+a sibling (n ≤ d) the round is a chain.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+CHAIN, TREE = "chain", "tree"
+
+
+@dataclass(slots=True)
+class ModeRate:
+    """EWMA of tokens and seconds per round for one mode (a prior of one modest round)."""
+
+    tokens: float = 2.0
+    seconds: float = 0.1
+    rounds: int = 0
+    smoothing: float = 0.25
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / max(self.seconds, 1e-6)
+
+    def add(self, tokens: int, seconds: float) -> None:
+        w = self.smoothing if self.rounds else 1.0  # the first real round replaces the prior
+        self.tokens += w * (tokens - self.tokens)
+        self.seconds += w * (seconds - self.seconds)
+        self.rounds += 1
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What the next round drafts: a chain of ``depth`` or a tree of ``nodes`` up to it."""
+
+    mode: str
+    depth: int
+    nodes: int
+
+
+@dataclass(slots=True)
+class TreeShape:
+    """Per-session choice between chains and trees; ``next`` before a round, ``observe``
+    after it. ``trees=False`` keeps every round a chain (``--no-tree``)."""
+
+    trees: bool = True
+    tree_factor: float = 2.0
+    explore_every: int = 8
+    rates: dict[str, ModeRate] = field(default_factory=lambda: {CHAIN: ModeRate(),
+                                                                 TREE: ModeRate()})
+    budget: int = 0  # the daemon's last VERDICT budget (0: none said)
+    round_no: int = 0
+
+    def next(self, k: int) -> Shape:
+        """The shape for a round whose best chain length is ``k``."""
+        self.round_no += 1
+        nodes = math.ceil(self.tree_factor * k)
+        if self.budget > 0:
+            nodes = min(nodes, self.budget)
+            k = min(k, self.budget)
+        if not self.trees or k < 1 or nodes <= k:
+            return Shape(CHAIN, k, k)
+        mode = self._choose()
+        return Shape(mode, k, nodes if mode == TREE else k)
+
+    def _choose(self) -> str:
+        chain, tree = self.rates[CHAIN], self.rates[TREE]
+        for mode, rate in ((CHAIN, chain), (TREE, tree)):
+            if rate.rounds == 0:  # measure each mode once before comparing
+                return mode
+        best, other = (TREE, CHAIN) if tree.rate >= chain.rate else (CHAIN, TREE)
+        return other if self.round_no % self.explore_every == 0 else best
+
+    def observe(self, mode: str, tokens: int, seconds: float, budget: int) -> None:
+        """Fold in one round: tokens it added, seconds it cost, the daemon's new budget."""
+        self.rates[mode].add(tokens, seconds)
+        self.budget = budget
