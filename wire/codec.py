@@ -308,6 +308,61 @@ def check_sparse_q(tokens: TokenArray, q: SparseQ, limits: Limits) -> None:
                 f"DRAFT q: drafted token {token} at position {i} is not in its own support")
 
 
+def chain_parents(n: int) -> TokenArray:
+    """The parents array of a plain chain of ``n`` tokens: [-1, 0, 1, ..., n - 2]."""
+    return np.arange(-1, n - 1, dtype=np.int32)
+
+
+def check_tree(parents: TokenArray | list[int], max_depth: int) -> TokenArray:
+    """Refuse a parents array that is not a tree in topological order; return each node's depth.
+
+    Node i hangs off the root when ``parents[i] == -1``, else off ``parents[i]``, which must
+    come before it (so no cycle can be written down). Depth is 1 for a child of the root and
+    must stay within ``max_depth``: the verifier's work and the KV it branches grow with it.
+    Raises ``MalformedFrame`` for a bad parent, ``LimitExceeded`` for a tree too deep.
+    """
+    par = np.asarray(parents, dtype=np.int64)
+    if par.ndim != 1:
+        raise MalformedFrame("DRAFT tree: parents must be one flat array")
+    n = len(par)
+    bad = np.flatnonzero((par < -1) | (par >= np.arange(n)))
+    if len(bad):
+        i = int(bad[0])
+        p = int(par[i])
+        if p < -1:
+            raise MalformedFrame(f"DRAFT tree: node {i}'s parent {p} is neither a node nor "
+                                 "the root (-1)")
+        raise MalformedFrame(f"DRAFT tree: node {i}'s parent {p} does not precede it")
+    depths = np.zeros(n, dtype=np.int32)
+    for i, p in enumerate(par.tolist()):  # parents precede children: one forward pass
+        depths[i] = 1 if p < 0 else depths[p] + 1
+    if n and int(depths.max()) > max_depth:
+        deepest = int(np.argmax(depths))
+        raise LimitExceeded(f"DRAFT tree: node {deepest} at depth {int(depths[deepest])} "
+                            f"exceeds the limit of {max_depth}")
+    return depths
+
+
+def check_path(parents: TokenArray | list[int] | None, path: tuple[int, ...] | list[int],
+               ) -> None:
+    """Refuse a VERDICT path that does not walk down ``parents`` from the root, one edge a step.
+
+    The codec can only check a path's shape (length, order, range); the client, who holds the
+    tree it sent, calls this before taking the path's tokens as verified. ``parents`` None is
+    a chain, whose verdicts carry no path (an empty path always passes).
+    """
+    if not path:
+        return
+    if parents is None:
+        raise MalformedFrame("VERDICT: a path for a draft that was not a tree")
+    par = np.asarray(parents, dtype=np.int64)
+    above = -1
+    for node in path:
+        if not 0 <= node < len(par) or int(par[node]) != above:
+            raise MalformedFrame(f"VERDICT path: node {node} is not a child of {above}")
+        above = node
+
+
 @dataclass(frozen=True, slots=True)
 class Draft:
     """Client → daemon: draft tokens continuing the session's verified ``base_length`` tokens.
@@ -316,6 +371,13 @@ class Draft:
     (a lost or repeated round) instead of verifying it against the wrong context.
     Without ``q`` the draft was deterministic (the draft model's argmax): q is one-hot at
     each drafted token. With ``q`` (two frames more) it was sampled from that sparse q.
+
+    With ``parents`` the tokens are the nodes of a tree (see ``check_tree``): node i
+    continues node ``parents[i]``, or the session's last verified token when that is -1, and
+    q's row i is node i's distribution. Without it they are one chain, sent compactly.
+
+    Body frames: fixed, tokens [, q counts, q ids, q probs] [, parents], so 2 (chain),
+    3 (tree), 5 (chain + q) or 6 (tree + q).
     """
 
     TYPE: ClassVar[MsgType] = MsgType.DRAFT
@@ -323,22 +385,45 @@ class Draft:
     base_length: int
     tokens: TokenArray
     q: SparseQ | None = None
+    parents: TokenArray | None = None
+
+    @property
+    def is_tree(self) -> bool:
+        """True when the draft carries a parents array (even one shaped like a chain)."""
+        return self.parents is not None
+
+    def node_parents(self) -> TokenArray:
+        """Each node's parent, for chains too ([-1, 0, ..., n - 2]): one code path for both."""
+        if self.parents is None:
+            return chain_parents(len(self.tokens))
+        return np.asarray(self.parents, dtype=np.int32)
+
+    def depths(self) -> TokenArray:
+        """Each node's depth (1: a child of the root); a chain's are 1..n."""
+        if self.parents is None:
+            return np.arange(1, len(self.tokens) + 1, dtype=np.int32)
+        return check_tree(self.parents, max(len(self.tokens), 1))
 
     def body(self) -> list[bytes]:
         frames = [self._FMT.pack(self.base_length), _tokens_to_frame(self.tokens)]
         if self.q is not None:
             frames += [_tokens_to_frame(self.q.counts), _tokens_to_frame(self.q.ids),
                        np.ascontiguousarray(self.q.probs, dtype=_F32).tobytes()]
+        if self.parents is not None:
+            frames.append(_tokens_to_frame(self.parents))
         return frames
 
     @classmethod
     def parse(cls, frames: list[bytes], limits: Limits) -> Draft:
-        if len(frames) not in (2, 5):
-            raise MalformedFrame(f"DRAFT: expected 2 or 5 body frames, got {len(frames)}")
+        if len(frames) not in (2, 3, 5, 6):
+            raise MalformedFrame(f"DRAFT: expected 2, 3, 5 or 6 body frames, got {len(frames)}")
         (base,) = _unpack(cls._FMT, frames[0], "DRAFT")
         tokens = _tokens_from_frame(frames[1], limits.max_draft_tokens, limits, "DRAFT tokens")
-        if len(frames) == 2:
-            return cls(base, tokens)
+        parents = None
+        if len(frames) in (3, 6):
+            parents = _parents_from_frame(frames[-1], len(tokens), limits)
+        if len(frames) in (2, 3):
+            return cls(base, tokens, None, parents)
         most = limits.max_draft_tokens * limits.max_q_support
         counts = _tokens_from_frame(frames[2], limits.max_draft_tokens, limits, "DRAFT q sizes")
         ids = _tokens_from_frame(frames[3], most, limits, "DRAFT q ids")
@@ -346,8 +431,19 @@ class Draft:
             raise MalformedFrame("DRAFT q probabilities: not a whole number of float32")
         probs = np.frombuffer(frames[4], dtype=_F32).astype(np.float32, copy=False)
         q = SparseQ(counts, ids, probs)
-        check_sparse_q(tokens, q, limits)
-        return cls(base, tokens, q)
+        check_sparse_q(tokens, q, limits)  # one row per node: counts must match the tokens
+        return cls(base, tokens, q, parents)
+
+
+def _parents_from_frame(frame: bytes, nodes: int, limits: Limits) -> TokenArray:
+    """A DRAFT's parents frame: one int32 per node, forming a tree ``check_tree`` accepts."""
+    if len(frame) % 4:
+        raise MalformedFrame(f"DRAFT parents: {len(frame)} bytes is not a whole number of int32")
+    if len(frame) // 4 != nodes:
+        raise MalformedFrame(f"DRAFT parents: {len(frame) // 4} parents for {nodes} nodes")
+    parents = np.frombuffer(frame, dtype=_I32).astype(np.int32, copy=False)
+    check_tree(parents, limits.max_tree_depth)
+    return parents
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,25 +452,59 @@ class Verdict:
 
     Every round yields ``accepted + 1`` tokens: the accepted prefix, then ``next_token``
     (the target's correction at the first mismatch, or its bonus token after a full accept).
+    For a tree draft ``path`` names the accepted nodes from the root down (``accepted`` of
+    them; the client checks it against its tree with ``check_path``); for a chain it is empty.
+    ``budget`` is how many draft tokens the daemon wants from this session next round, so it
+    can shrink drafts under load (0: no opinion).
+
+    Body frames: fixed (accepted u16, next_token i32, new_length u32, verify_us u32,
+    budget u16) [, path int32 × accepted, only when the path is not empty].
     """
 
     TYPE: ClassVar[MsgType] = MsgType.VERDICT
-    _FMT: ClassVar[struct.Struct] = struct.Struct("<HiII")
+    _FMT: ClassVar[struct.Struct] = struct.Struct("<HiIIH")
     accepted: int
     next_token: int
     new_length: int
     verify_us: int = 0
+    path: tuple[int, ...] = ()
+    budget: int = 0
 
     def body(self) -> list[bytes]:
-        return [self._FMT.pack(self.accepted, self.next_token, self.new_length, self.verify_us)]
+        frames = [self._FMT.pack(self.accepted, self.next_token, self.new_length,
+                                 self.verify_us, self.budget)]
+        if self.path:
+            frames.append(_tokens_to_frame(list(self.path)))
+        return frames
 
     @classmethod
     def parse(cls, frames: list[bytes], limits: Limits) -> Verdict:
-        _check_frames(frames, 1, "VERDICT")
-        accepted, token, new_length, us = _unpack(cls._FMT, frames[0], "VERDICT")
+        if len(frames) not in (1, 2):
+            raise MalformedFrame(f"VERDICT: expected 1 or 2 body frames, got {len(frames)}")
+        accepted, token, new_length, us, budget = _unpack(cls._FMT, frames[0], "VERDICT")
         if accepted > limits.max_draft_tokens or not 0 <= token <= limits.max_token_id:
             raise MalformedFrame("VERDICT: field out of range")
-        return cls(accepted, token, new_length, us)
+        if budget > limits.max_draft_tokens:
+            raise MalformedFrame(f"VERDICT: budget {budget} exceeds {limits.max_draft_tokens}")
+        path: tuple[int, ...] = ()
+        if len(frames) == 2 and frames[1]:  # an empty path frame reads as no path
+            path = _path_from_frame(frames[1], accepted, limits)
+        return cls(accepted, token, new_length, us, path, budget)
+
+
+def _path_from_frame(frame: bytes, accepted: int, limits: Limits) -> tuple[int, ...]:
+    """A VERDICT's accepted path: ``accepted`` node indices, strictly increasing (parents
+    precede children, so a root-down path only climbs), each a possible node index."""
+    if len(frame) % 4:
+        raise MalformedFrame(f"VERDICT path: {len(frame)} bytes is not a whole number of int32")
+    if len(frame) // 4 != accepted:
+        raise MalformedFrame(f"VERDICT path: {len(frame) // 4} nodes for {accepted} accepted")
+    path = np.frombuffer(frame, dtype=_I32)
+    if int(path.min()) < 0 or int(path.max()) >= limits.max_draft_tokens:
+        raise MalformedFrame(f"VERDICT path: a node index outside 0..{limits.max_draft_tokens - 1}")
+    if len(path) > 1 and not (np.diff(path) > 0).all():
+        raise MalformedFrame("VERDICT path: node indices must strictly increase")
+    return tuple(int(x) for x in path.tolist())
 
 
 @dataclass(frozen=True, slots=True)

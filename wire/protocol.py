@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 MAGIC = b"ESPD"
-VERSION = 3  # 2: the reserved u16 of version 1 carries the connection epoch; 3: WELCOME
-#              says where the daemon runs (host id, CPU threads)
+VERSION = 4  # 2: the reserved u16 of version 1 carries the connection epoch; 3: WELCOME
+#              says where the daemon runs (host id, CPU threads); 4: VERDICT carries the
+#              daemon's draft budget and a tree's accepted path; DRAFT may carry a tree
 HEADER = struct.Struct("<4sBBHQI")
 FINGERPRINT_BYTES = 32
 HOST_ID_BYTES = 16
@@ -83,6 +84,7 @@ class Limits:
     max_vocab: int = 1 << 20  # entries of a vocabulary transfer (Gemma 3: 262,144)
     max_vocab_chunk: int = 16_384  # entries per VOCAB reply
     max_token_bytes: int = 1024  # bytes of one token's stored string
+    max_tree_depth: int = 32  # levels of a DRAFT tree (a compact chain: max_draft_tokens only)
 
 
 def epoch_is_older(epoch: int, than: int) -> bool:
