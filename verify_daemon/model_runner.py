@@ -7,6 +7,10 @@ registered through transformers' ``AttentionInterface``, so any HF decoder that 
 attention through that interface runs unchanged: it writes the step's keys and values into the
 pool at each token's slot, gathers each session's cached + new keys through its block table,
 and runs SDPA per group of sessions with a causal mask over that session's own positions.
+
+A chunk may also be a token tree (``parents``): its tokens are written to consecutive slots
+as a chain's are, but each sits at its depth's position and attends to the cached context and
+its own ancestors only, so every branch of a draft tree is scored in the same pass.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from edgespec.models.fingerprint import hf_vocab, vocab_fingerprint
 from edgespec.verify_daemon.block_manager import BlockManager
@@ -77,7 +82,16 @@ class TargetInfo:
 
 class Chunk(Protocol):
     """What one session feeds in a step: ``tokens`` at positions ``start..``, through its
-    block table; ``logits``: whether the step must score each of them (a draft round)."""
+    block table; ``logits``: whether the step must score each of them (a draft round).
+
+    Optional attribute ``parents: Sequence[int] | None`` (read with ``getattr``, so chunk
+    classes without it stay chains): None is a causal chain. Otherwise a token tree with
+    ``len(parents) == len(tokens)``, ``parents[0] == -1`` (token 0, the session's last
+    verified token, is the root) and ``0 <= parents[i] < i``. Token i then sits at position
+    ``start + depth(i)`` (RoPE), has its K/V written at table index ``start + i`` (consecutive
+    slots, as a chain), and attends to table indices ``0..start-1`` and to its ancestors and
+    itself within the chunk. After a verdict the accepted path is moved down to
+    ``start + 1..`` with ``ModelRunner.move_kv``."""
 
     @property
     def blocks(self) -> list[int]: ...
@@ -88,6 +102,47 @@ class Chunk(Protocol):
 
 def _or_none(ident: int | None) -> int:
     return -1 if ident is None or ident < 0 else int(ident)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tree:
+    """A tree chunk's shape, computed once per step and shared by ``run`` and ``_groups``."""
+
+    depth: npt.NDArray[np.int64]  # [n] distance from the root (token 0)
+    ancestor: npt.NDArray[np.bool_]  # [n, n]: [i, j] = j is i or one of i's ancestors
+
+
+def _tree(parents: Sequence[int], n: int) -> _Tree:
+    """Depths and the ancestor-or-self matrix of a parent array, vectorised over the nodes:
+    each round moves every node's pointer one level up, so it loops the tree's depth times."""
+    up = np.asarray(parents, dtype=np.int64).reshape(-1)
+    if (n == 0 or up.shape[0] != n or up[0] != -1
+            or np.any(up[1:] < 0) or np.any(up[1:] >= np.arange(1, n))):
+        raise ValueError(f"bad token tree parents {list(parents)!r} for {n} tokens: want "
+                         "parents[0] == -1 and 0 <= parents[i] < i")
+    up = up.copy()
+    up[0] = 0  # the root is its own parent: pointers stop there
+    nodes = np.arange(n)
+    ancestor = np.zeros((n, n), dtype=bool)
+    ancestor[nodes, nodes] = True
+    depth = np.zeros(n, dtype=np.int64)
+    cur = nodes
+    while True:
+        live = cur > 0
+        if not live.any():
+            break
+        cur = up[cur]
+        depth += live
+        ancestor[nodes, cur] = True
+    return _Tree(depth, ancestor)
+
+
+def _trees(chunks: Sequence[Chunk]) -> list[_Tree | None]:
+    out: list[_Tree | None] = []
+    for c in chunks:
+        parents = getattr(c, "parents", None)
+        out.append(None if parents is None else _tree(parents, len(c.tokens)))
+    return out
 
 
 # ---------------------------------------------------------------- the attention function
@@ -104,16 +159,20 @@ class _Group:
     out_index: torch.Tensor  # [Tg] flat index into [G * Q] of each real query
     query_pos: torch.Tensor  # [G, 1, Q, 1] absolute position of each query; pad: 0
     windowed: dict[int, torch.Tensor] = field(default_factory=dict)  # window → mask
+    # [G, 1, 1, L] position of each key, only when the group holds a token tree (a tree key's
+    # position is its depth's, not its table index); None: key l is at position l
+    key_pos: torch.Tensor | None = None
 
     def mask_for(self, sliding_window: int | None) -> torch.Tensor:
-        """The causal mask, narrowed for a sliding-window layer to keys at positions in
-        (query - window, query], as transformers' ``sliding_window_overlay``; built once per
+        """The causal (or tree) mask, narrowed for a sliding-window layer to keys at positions
+        in (query - window, query], as transformers' ``sliding_window_overlay``; built once per
         step for each window size the layers use (Gemma 3: 512 on its local layers)."""
         if not sliding_window:
             return self.mask
         cached = self.windowed.get(sliding_window)
         if cached is None:
-            keys = torch.arange(self.mask.shape[-1], device=self.mask.device)  # [L]
+            keys = (self.key_pos if self.key_pos is not None
+                    else torch.arange(self.mask.shape[-1], device=self.mask.device))  # [L]
             cached = self.mask & (keys > self.query_pos - sliding_window)
             cached[..., 0] |= ~cached.any(-1)  # pad queries keep the pad key: no NaN rows
             self.windowed[sliding_window] = cached
@@ -252,19 +311,22 @@ class ModelRunner:
     def run(self, chunks: Sequence[Chunk]) -> torch.Tensor:
         """One forward pass over every chunk; returns float32 logits [R, vocab], one row per
         token of each chunk that asked for logits, in chunk order. The caller has grown each
-        chunk's block table to cover ``start + len(tokens)``."""
+        chunk's block table to cover ``start + len(tokens)``. A tree chunk (``parents``, see
+        ``Chunk``) scores each node after its own path, as if that path alone were fed."""
+        trees = _trees(chunks)
         ids, positions, write, rows = [], [], [], []
         offset = 0
-        for c in chunks:
+        for c, tree in zip(chunks, trees, strict=True):
             n = len(c.tokens)
             ids.extend(c.tokens)
-            positions.append(np.arange(c.start, c.start + n, dtype=np.int64))
+            positions.append(np.arange(c.start, c.start + n, dtype=np.int64) if tree is None
+                             else c.start + tree.depth)
             write.append(self.blocks.slots(c.blocks, c.start, c.start + n))
             if c.logits:
                 rows.append(np.arange(offset, offset + n, dtype=np.int64))
             offset += n
         step = PagedStep(self.k_pool, self.v_pool, self._to_device(np.concatenate(write)),
-                         self._groups(chunks))
+                         self._groups(chunks, trees))
         out = self.model(
             input_ids=torch.tensor([ids], device=self.device),
             position_ids=self._to_device(np.concatenate(positions))[None],
@@ -275,7 +337,10 @@ class ModelRunner:
         )
         return out.logits[0].float()  # [R, vocab]
 
-    def _groups(self, chunks: Sequence[Chunk]) -> list[_Group]:
+    def _groups(self, chunks: Sequence[Chunk], trees: Sequence[_Tree | None] | None = None
+                ) -> list[_Group]:
+        if trees is None:
+            trees = _trees(chunks)
         lengths = [len(c.tokens) for c in chunks]
         starts = np.cumsum([0, *lengths])
         groups = []
@@ -288,16 +353,26 @@ class ModelRunner:
             mask = np.zeros((g, 1, q, span), bool)
             query_pos = np.zeros((g, 1, q, 1), np.int64)
             mask[:, 0, :, 0] = True  # pad queries see the pad key: no all-masked rows (NaN)
+            key_pos: npt.NDArray[np.int64] | None = None  # only with a tree in the group
             token_index, out_index = [], []
             for row, i in enumerate(members):
-                c, n = chunks[i], lengths[i]
+                c, n, tree = chunks[i], lengths[i], trees[i]
                 query_index[row, :n] = np.arange(starts[i], starts[i] + n)
                 end = c.start + n
                 read_slots[row, :end] = self.blocks.slots(c.blocks, 0, end)
-                # query j (position start + j) sees keys 0..start + j
-                mask[row, 0, :n, :end] = (np.arange(end)[None, :]
-                                          <= (c.start + np.arange(n))[:, None])
-                query_pos[row, 0, :n, 0] = c.start + np.arange(n)
+                if tree is None:
+                    # query j (position start + j) sees keys 0..start + j
+                    mask[row, 0, :n, :end] = (np.arange(end)[None, :]
+                                              <= (c.start + np.arange(n))[:, None])
+                    query_pos[row, 0, :n, 0] = c.start + np.arange(n)
+                else:
+                    # node i sees the cached context and its ancestors-or-self in the chunk
+                    mask[row, 0, :n, :c.start] = True
+                    mask[row, 0, :n, c.start:end] = tree.ancestor
+                    query_pos[row, 0, :n, 0] = c.start + tree.depth
+                    if key_pos is None:
+                        key_pos = np.tile(np.arange(span, dtype=np.int64), (g, 1))
+                    key_pos[row, c.start:end] = c.start + tree.depth
                 token_index.append(query_index[row, :n])
                 out_index.append(row * q + np.arange(n))
             groups.append(_Group(
@@ -307,8 +382,49 @@ class ModelRunner:
                 mask=torch.from_numpy(mask).to(self.device),
                 out_index=self._to_device(np.concatenate(out_index)),
                 query_pos=self._to_device(query_pos),
+                key_pos=(None if key_pos is None
+                         else self._to_device(key_pos.reshape(g, 1, 1, span))),
             ))
         return groups
+
+    @torch.inference_mode()
+    def move_kv(self, blocks: list[int], moves: Sequence[tuple[int, int]]) -> None:
+        """Copy K and V (every layer) from table index ``src`` to table index ``dst`` of one
+        session's block table, for each ``(src, dst)`` in order: after a tree verdict the
+        accepted path's nodes (chunk index a_d at depth d) move to ``start + d``, where a chain
+        would have put them. A node's K was computed at position ``start + d`` already (RoPE
+        included), so the copy is exact.
+
+        Order matters when a move reads an index an earlier move wrote; giving the path in
+        increasing d avoids that (a_d >= d and a_d increases along a path, so no source is an
+        earlier destination), and then the moves run as one gather and scatter. The caller
+        truncates the table to ``start + m + 1`` afterwards and must not move into a shared
+        block (the chunk's own slots never are: ``run`` wrote them)."""
+        moves = [(int(s), int(d)) for s, d in moves if s != d]
+        if not moves:
+            return
+        b = self.blocks.block_size
+        src = np.asarray([s for s, _ in moves], dtype=np.int64)
+        dst = np.asarray([d for _, d in moves], dtype=np.int64)
+        limit = len(blocks) * b
+        if min(src.min(), dst.min()) < 0 or max(src.max(), dst.max()) >= limit:
+            raise IndexError(f"move_kv {moves!r} outside a table of {limit} slots")
+        table = np.asarray(blocks, dtype=np.int64)
+        src_slots = table[src // b] * b + src % b
+        dst_slots = table[dst // b] * b + dst % b
+        written: set[int] = set()
+        at_once = True  # a gather then a scatter equals the ordered copies
+        for s, d in moves:
+            if s in written or d in written:
+                at_once = False
+                break
+            written.add(d)
+        pairs = ([(src_slots, dst_slots)] if at_once
+                 else [(src_slots[k:k + 1], dst_slots[k:k + 1]) for k in range(len(moves))])
+        for s_np, d_np in pairs:
+            s_t, d_t = self._to_device(s_np), self._to_device(d_np)
+            for pool in (self.k_pool, self.v_pool):
+                pool.index_copy_(1, d_t, pool.index_select(1, s_t))
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(array).to(self.device, non_blocking=True)
