@@ -269,7 +269,7 @@ def test_gemma_tree_across_the_sliding_window(gemma_dir):
     """Queries at positions past the window (512): the local layers' window must follow each
     node's position, not its table index. Each node against its path run as a chain over the
     same cached context (the chain path is checked against transformers elsewhere)."""
-    runner = make_runner(gemma_dir, kv_tokens=1024)
+    runner = make_runner(gemma_dir, kv_tokens=2048)
     rng = random.Random(2)
     tokens, parents = random_tree(rng, 200_000)
     start = 509
