@@ -8,11 +8,16 @@ stays exact. The token is drawn from precisely the float32 values sent (normalis
 float64 sum, as the daemon does), never from a differently processed row.
 
 The uniform deciding the draft token at absolute position n is keyed by (seed, n), like the
-daemon's draws: a seeded run drafts the same tokens however rounds are cut or pipelined.
+daemon's draws: a seeded run drafts the same tokens however rounds are cut or pipelined. In a
+token tree the j-th sibling at position n is keyed by (seed, n, j); j = 0 is the chain's key.
+Siblings are drawn *without replacement*: sibling j comes from q with the earlier siblings'
+tokens removed and the rest renormalised (``without``), and that conditional row is what the
+wire carries for it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,9 +65,27 @@ def sparse_q(logits: npt.NDArray[np.float32], ds: DraftSampling
     return ids[nonzero].astype(np.int32), probs32[nonzero]
 
 
-def draft_uniform(seed: int, position: int) -> float:
-    """The uniform owned by the draft token at ``position`` of a session seeded ``seed``."""
-    return float(np.random.default_rng([seed, position, DRAFT_STREAM]).random())
+def draft_uniform(seed: int, position: int, sibling: int = 0) -> float:
+    """The uniform owned by the draft token at ``position`` of a session seeded ``seed``;
+    ``sibling`` j > 0 is a tree's j-th alternative there (j = 0: the chain's own key)."""
+    key = [seed, position, DRAFT_STREAM] + ([sibling] if sibling else [])
+    return float(np.random.default_rng(key).random())
+
+
+def without(ids: npt.NDArray[np.int32], probs: npt.NDArray[np.float32], taken: Sequence[int]
+            ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+    """q with the ``taken`` tokens removed, renormalised (float64 sum) and sent as float32.
+
+    The exact row a sibling drawn without replacement comes from; empty when nothing is left.
+    """
+    keep = ~np.isin(ids, np.asarray(taken, dtype=np.int64))
+    ids, rest = ids[keep], probs[keep].astype(np.float64)
+    total = rest.sum()
+    if not total > 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.float32)
+    probs32 = (rest / total).astype(np.float32)
+    nonzero = probs32 > 0
+    return ids[nonzero].astype(np.int32), probs32[nonzero]
 
 
 def draw(ids: npt.NDArray[np.int32], probs: npt.NDArray[np.float32], u: float) -> int:
