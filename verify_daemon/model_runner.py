@@ -137,6 +137,12 @@ def _tree(parents: Sequence[int], n: int) -> _Tree:
     return _Tree(depth, ancestor)
 
 
+def tree_depths(parents: Sequence[int]) -> list[int]:
+    """Each node's depth, raising ValueError for parents ``run`` would refuse: the engine can
+    check a client's tree when it arrives instead of failing a whole step."""
+    return _tree(parents, len(parents)).depth.tolist()
+
+
 def _trees(chunks: Sequence[Chunk]) -> list[_Tree | None]:
     out: list[_Tree | None] = []
     for c in chunks:

@@ -238,8 +238,11 @@ def test_a_chain_given_as_parents_is_the_chain_exactly(tiny):
 
 
 def test_tree_shape_and_bad_parents():
-    from edgespec.verify_daemon.model_runner import _tree
+    from edgespec.verify_daemon.model_runner import _tree, tree_depths
 
+    assert tree_depths([-1, 0, 0, 1, 2, 3]) == [0, 1, 1, 2, 2, 3]
+    with pytest.raises(ValueError):
+        tree_depths([-1, 0, 2])
     tree = _tree([-1, 0, 0, 1, 2, 3], 6)
     assert tree.depth.tolist() == [0, 1, 1, 2, 2, 3]
     assert np.flatnonzero(tree.ancestor[5]).tolist() == [0, 1, 3, 5]
