@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import functools
 import logging
+import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,6 +32,9 @@ from edgespec.wire.codec import SparseQ
 
 QRow = tuple[int, npt.NDArray[np.int32], npt.NDArray[np.float32]]  # token, support ids, probs
 log = logging.getLogger(__name__)
+# The load hooks below swap module-level defaults: two Drafters built at once must not see
+# each other's (or restore the other's) patch half-way.
+_DEFAULTS_LOCK = threading.Lock()
 
 
 @functools.cache
@@ -94,7 +98,7 @@ class Drafter:
         if not 1 <= n_seq_max <= llama_cpp.llama_max_parallel_sequences():
             raise ValueError(f"n_seq_max must be in 1..{llama_cpp.llama_max_parallel_sequences()}")
         self.amx = llama_amx_decision()
-        with contextlib.ExitStack() as guards:
+        with _DEFAULTS_LOCK, contextlib.ExitStack() as guards:
             if self.amx.avoid_extra_buffers:
                 guards.enter_context(_without_extra_buffers())
             guards.enter_context(_with_sequences(n_seq_max))
@@ -266,6 +270,7 @@ class Drafter:
             frontier = list(range(first, len(tree.tokens)))
         tree.logits = tree.logits[: len(tree.tokens)]
         self._tree = tree
+        self._tree_live = True  # even an empty tree can be accepted (path [])
         main = [tree.tokens[i] for i in range(len(tree.tokens)) if tree.seqs[i] == 0]
         self.llm.input_ids[ctx_len: ctx_len + len(main)] = main
         self.llm.n_tokens = ctx_len + len(main)

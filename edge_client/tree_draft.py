@@ -15,7 +15,13 @@ draws without replacement keyed (seed, n, j) from q with the earlier siblings re
 The score never looks at the proposal's own token, only at what came before it (the
 parent's distribution, its path, the earlier siblings): for a sampled draft, keeping a draw
 only when it came out likely would bias it away from the q row that is sent, and the
-daemon's verification would no longer be exact.
+daemon's verification would no longer be exact. Which nodes a level gets depends only on
+tokens of earlier levels, and a level's draws use uniforms keyed by its own position, so
+given the path the verifier has accepted, every child's token is still a fresh draw from its
+row (cousins at one depth share the key (seed, n, j); only one of them is ever verified).
+
+The budget is spent level by level (a level's decode must be fixed before the next level's
+candidates exist), so an unsure root takes its siblings before a deeper unsure node is seen.
 """
 
 from __future__ import annotations

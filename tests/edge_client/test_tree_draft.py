@@ -175,6 +175,27 @@ def test_sampled_siblings_are_drawn_without_replacement(drafter, prompt):
     assert q2 is not None and np.array_equal(q2.ids, q.ids) and np.array_equal(q2.probs, q.probs)
 
 
+def test_trees_respect_the_sequence_limit_and_the_allowed_ids(drafter, reference, prompt):
+    reference.sampling = None
+    reference.sync(prompt)
+    chain = reference.draft(4)
+    reference.sync(prompt)  # one sequence id: no room for a side branch, the chain
+    assert reference.draft_tree(12, 4, max_width=4, branch_below=1.0) == (chain, [-1, 0, 1, 2])
+    drafter.sync(prompt)
+    tokens, _ = drafter.draft_tree(12, 4, max_width=4, branch_below=1.0)
+    allowed = np.ones(drafter.n_vocab, dtype=bool)
+    allowed[tokens] = False  # forbid every token the unrestricted tree drafted
+    drafter.allowed = allowed
+    try:
+        for sampling in (None, SAMPLED):
+            drafter.sampling = sampling
+            drafter.sync(prompt)
+            again, _ = drafter.draft_tree(12, 4, max_width=4, branch_below=1.0)
+            assert again and all(allowed[t] for t in again)
+    finally:
+        drafter.allowed = None
+
+
 def test_select_never_skips_an_earlier_sibling():
     props = [[Proposal(j, 10 + j, prior, prior, None) for j, prior in
               enumerate([0.4, 0.3, 0.2])], [Proposal(0, 20, 0.9, 0.9, None)]]
