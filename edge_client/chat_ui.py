@@ -32,6 +32,7 @@ class Unfinished:
 def _status(stats: GenerationStats, note: str = "") -> Text:
     line = (f"acceptance {stats.acceptance_rate:.0%} · {stats.tokens_per_s:.1f} tok/s · "
             f"RTT {stats.round_trip_ms:.0f} ms · {stats.tokens_per_round:.1f} tok/round · "
+            f"{stats.draft_shape} · "
             f"{stats.bytes_per_round:.0f} B/round · verify {stats.verify} · "
             f"threads {stats.draft_threads}+{stats.daemon_threads} ({stats.thread_split})")
     if stats.tokenizers != "same":

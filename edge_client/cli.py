@@ -37,6 +37,10 @@ def _common(fn: Any) -> Any:
         click.option("--pipeline/--no-pipeline", default=True, show_default=True,
                      help="Keep drafting while a verdict is in flight (hides the round trip; "
                           "on one shared machine give draft and daemon a core each)."),
+        click.option("--draft-shape", type=click.Choice(["auto", "tree", "chain"]),
+                     default="auto", show_default=True,
+                     help="Token trees (siblings where the draft is unsure) or chains: auto "
+                          "picks per round whichever measured more tokens/s this session."),
         click.option("--timeout", type=float, default=120.0, show_default=True,
                      help="Seconds to wait for the daemon before giving up."),
         click.option("--cache-dir", type=click.Path(), default=None,
@@ -64,21 +68,22 @@ def _common(fn: Any) -> Any:
     return fn
 
 
-LINK_OPTIONS = ("server_key", "client_key", "heartbeat", "connect_timeout", "reconnect_for",
-                "busy_for")
+CONFIG_OPTIONS = ("server_key", "client_key", "heartbeat", "connect_timeout", "reconnect_for",
+                  "busy_for", "draft_shape")
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(sampling options, link options) from one command's extra keyword arguments."""
-    link = {name: options.pop(name) for name in LINK_OPTIONS}
+    """(sampling options, the rest of the client's config) from one command's extra
+    keyword arguments."""
+    link = {name: options.pop(name) for name in CONFIG_OPTIONS}
     return options, link
 
 
 def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fixed_k: bool,
             pipeline: bool, timeout: float, cache_dir: str | None, server_key: str | None,
             client_key: str | None, heartbeat: float, connect_timeout: float,
-            reconnect_for: float, busy_for: float = 120.0, seeded: bool = False
-            ) -> ClientConfig:
+            reconnect_for: float, busy_for: float = 120.0, seeded: bool = False,
+            draft_shape: str = "auto") -> ClientConfig:
     from edgespec.models.paths import ModelNotFound, default_cache_dir, resolve_draft
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -92,7 +97,7 @@ def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fix
         adaptive=not fixed_k, pipeline=pipeline, timeout_s=timeout, timed_k=not seeded,
         server_key=server_key, client_key=client_key, heartbeat_s=heartbeat,
         connect_timeout_s=connect_timeout, reconnect_for_s=reconnect_for,
-        busy_for_s=busy_for,
+        busy_for_s=busy_for, draft_shape=draft_shape,
     )
 
 

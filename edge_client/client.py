@@ -17,6 +17,7 @@ from edgespec.edge_client.threads import ThreadSplit, client_threads, is_local_e
 from edgespec.edge_client.trace import TraceWriter
 from edgespec.edge_client.translate import Translation, prepare, speculate_translated
 from edgespec.edge_client.transport import Link, Liveness, expect, new_session_id
+from edgespec.edge_client.tree_shape import TreeShape
 from edgespec.models.fingerprint import describe_mismatch, fingerprint_llama
 from edgespec.models.paths import default_cache_dir
 from edgespec.models.vocab import Vocabulary
@@ -59,6 +60,7 @@ class EdgeClient:
         self.threads = ThreadSplit.choose(config.threads, local, self.welcome)
         self.drafter.set_threads(self.threads.draft)
         self.policy = self.new_policy(config.draft_tokens)
+        self.shape = TreeShape(shape=config.draft_shape)  # chain or tree, kept across turns
 
     def new_policy(self, draft_tokens: int) -> DraftLength:
         k_max = min(draft_tokens, self.welcome.max_draft_tokens)
@@ -128,7 +130,7 @@ class EdgeClient:
             self.drafter, self.link, session_id, tokens, max_new_tokens,
             policy or self.policy, self.stop_ids, stats,
             pipeline=self.config.pipeline, on_wait=on_wait, trace=trace,
-            sampling=sampling.target,
+            sampling=sampling.target, shape=self.shape,
         )
 
     def end_session(self, session_id: int) -> None:

@@ -14,6 +14,7 @@ class ClientConfig:
     draft_tokens: int = 16  # the most tokens one round may draft
     adaptive: bool = True  # pick k per round from live acceptance and timings
     pipeline: bool = True  # keep drafting while a verdict is in flight
+    draft_shape: str = "auto"  # chain or tree per round: auto (measured), tree, chain
     timed_k: bool = True  # let timings steer k; off for seeded sampling (same k, same tokens)
     timeout_s: float = 120.0
     server_key: str | None = None  # the daemon's CURVE public key (file or Z85); None = plain
@@ -26,5 +27,7 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.draft_tokens <= 64:
             raise ValueError("draft_tokens must be in 0..64")
+        if self.draft_shape not in ("auto", "tree", "chain"):
+            raise ValueError("draft_shape must be auto, tree or chain")
         if self.threads < 0:
             raise ValueError("threads must be at least 1 (or 0: auto)")

@@ -85,8 +85,10 @@ class DraftLength:
         return max(range(self.k_min, cap + 1), key=rate)
 
     def observe(self, k: int, accepted: int, draft_s_per_token: float,
-                round_trip_s: float) -> None:
-        """Fold one round in; a full accept says nothing about rejection, a miss counts one."""
+                round_trip_s: float, width: int = 0) -> None:
+        """Fold one round in; a full accept says nothing about rejection, a miss counts one.
+        ``width``: tokens the daemon verified when not k + 1 (a tree of more nodes than its
+        depth ``k``)."""
         decay = 1.0 - self.smoothing
         self.accepted = self.accepted * decay + accepted
         self.rejected = self.rejected * decay + (1.0 if accepted < k else 0.0)
@@ -94,4 +96,4 @@ class DraftLength:
             return
         if k > 0:
             self.draft_s_per_token += self.smoothing * (draft_s_per_token - self.draft_s_per_token)
-        self.round_trip.add(k + 1, round_trip_s)
+        self.round_trip.add(width or k + 1, round_trip_s)

@@ -12,12 +12,14 @@ import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 from edgespec.edge_client.draft_length import DraftLength
 from edgespec.edge_client.drafter import Drafter
 from edgespec.edge_client.stats import GenerationStats
 from edgespec.edge_client.trace import TraceWriter, open_record, round_record
 from edgespec.edge_client.transport import Link, Reconnected, expect
-from edgespec.wire.codec import Draft, Open, Opened, SamplingParams, Verdict
+from edgespec.edge_client.tree_shape import CHAIN, TREE, TreeShape
+from edgespec.wire.codec import Draft, Open, Opened, SamplingParams, Verdict, check_path
 from edgespec.wire.errors import Overloaded, UnknownSession
 
 MAX_REOPENS = 8
@@ -37,6 +39,7 @@ def speculate(
     on_wait: Callable[[str], None] | None = None,
     trace: TraceWriter | None = None,
     sampling: SamplingParams | None = None,
+    shape: TreeShape | None = None,
 ) -> Iterator[list[int]]:
     """Extend ``tokens`` in place by up to ``max_new_tokens``; yield each round's new tokens.
 
@@ -46,40 +49,60 @@ def speculate(
     made when the verdict lands, so drafting and verification overlap instead of alternating.
     With ``trace``, each OPEN and each verified round is recorded for ``tools/replay``.
     ``sampling`` (default greedy) goes to the daemon in OPEN; the drafter's own settings
-    decide whether each DRAFT carries a sparse q.
+    decide whether each DRAFT carries a sparse q. ``shape`` picks chain or tree per round
+    (``tree_shape.py``; None: chains only). A tree round drafts siblings where the draft is
+    unsure and does not draft ahead: which path the target takes is known only from the
+    verdict.
     """
     sampling = sampling or SamplingParams()
     start = time.perf_counter()
     sent0, received0 = link.bytes_sent, link.bytes_received
     stops = set(stop_ids)
     open_seq = _send_open(link, session_id, tokens, max_new_tokens, trace, sampling)
+    shape = shape or TreeShape(shape=CHAIN)
     opened = False
     ahead: list[int] = []  # drafted (and evaluated) beyond ``tokens`` during the last round
     generated = 0
+    round_start = time.perf_counter()
     try:
         while generated < max_new_tokens:
-            # ---- draft k tokens; the head may already be drafted from the last round
+            # ---- draft k tokens (a chain, or a tree up to depth k); a chain's head may
+            # already be drafted from the last round
             k = policy.next_k(max_new_tokens - generated)
-            ahead = ahead[:k]
+            form = shape.next(k)
+            k = form.depth
+            tree = form.mode == TREE
+            ahead = [] if tree else ahead[:k]
             t0 = time.perf_counter()
             draft: list[int] = []
-            if k:  # k = 0 (target only): the draft model has nothing to do; a later round's
-                drafter.sync(tokens + ahead)  # sync catches up on every token at once
+            parents: list[int] | None = None
+            if tree:
+                drafter.sync(tokens)
+                draft, parents = drafter.draft_tree(form.nodes, k)
+            elif k:  # k = 0 (target only): the draft model has nothing to do; a later
+                drafter.sync(tokens + ahead)  # round's sync catches up on every token at once
                 draft = ahead + drafter.draft(k - len(ahead))
-            draft_time, draft_count = time.perf_counter() - t0, k - len(ahead)
+            draft_time = time.perf_counter() - t0
+            draft_count = len(draft) if tree else k - len(ahead)
             if not opened:
                 _await_open(link, open_seq, session_id, tokens, max_new_tokens - generated,
                             stats, on_wait, sampling)
                 opened = True
+                round_start = time.perf_counter() - draft_time  # a round is not its OPEN
             # ---- send; keep drafting while the verdict is in flight
             sent_at, sent_wall = time.perf_counter(), time.time()
             sent0_round, received0_round = link.bytes_sent, link.bytes_received
-            q = drafter.sparse_q(len(tokens), draft)
-            seq = link.send(Draft(len(tokens), draft, q), session_id)
+            if tree:
+                q = drafter.tree_q()
+                message = Draft(len(tokens), draft, q, np.asarray(parents, dtype=np.int32))
+            else:
+                q = drafter.sparse_q(len(tokens), draft)
+                message = Draft(len(tokens), draft, q)
+            seq = link.send(message, session_id)
             guesses: list[int] = []
             try:
                 reply = link.poll(seq)
-                while reply is None and pipeline and draft and len(guesses) <= k:
+                while reply is None and pipeline and draft and not tree and len(guesses) <= k:
                     guesses += drafter.draft(1)
                     reply = link.poll(seq)
                 drafted_at = time.perf_counter()
@@ -97,6 +120,11 @@ def speculate(
                 continue
             verdict = expect(verdict, Verdict)
             arrived_at = time.perf_counter()
+            kept = draft
+            if tree:
+                check_path(parents, verdict.path)
+                kept = [draft[node] for node in verdict.path]
+                drafter.accept_tree(list(verdict.path))
             if guesses:
                 draft_time += drafted_at - sent_at
                 draft_count += len(guesses)
@@ -108,17 +136,24 @@ def speculate(
                 trace.write(round_record(
                     session_id, sent_wall, len(tokens), draft, verdict, arrived_at - sent_at,
                     draft_time, link.bytes_sent - sent0_round,
-                    link.bytes_received - received0_round, q))
-            # ---- accept the verified prefix plus the target's own token; roll back the rest
-            new, stopped = verified_tokens(draft, verdict, max_new_tokens - generated, stops)
-            full = verdict.accepted == len(draft)
+                    link.bytes_received - received0_round, q, parents))
+            # ---- accept the verified prefix (a tree: the verified path) plus the target's
+            # own token; roll back the rest
+            new, stopped = verified_tokens(kept, verdict, max_new_tokens - generated, stops)
+            full = verdict.accepted == (k if tree else len(draft))
             guessed = full and bool(guesses) and guesses[0] == verdict.next_token
             ahead = guesses[1:] if guessed else []
-            policy.observe(len(draft), verdict.accepted, draft_time / max(draft_count, 1),
-                           arrived_at - sent_at)
+            policy.observe(k if tree else len(draft), verdict.accepted,
+                           draft_time / max(draft_count, 1), arrived_at - sent_at,
+                           width=len(draft) + 1)
+            shape.observe(form.mode, len(new), arrived_at - round_start, verdict.budget)
+            round_start = arrived_at
             tokens.extend(new)
             generated += len(new)
             stats.rounds += 1
+            stats.tree_rounds += int(tree)
+            stats.tree_nodes += len(draft) if tree else 0
+            stats.tree_depth += k if tree else 0
             stats.drafted += len(draft)
             stats.accepted += verdict.accepted
             stats.rejected_rounds += int(not full)
@@ -137,7 +172,8 @@ def speculate(
 def verified_tokens(draft: Sequence[int], verdict: Verdict, budget: int, stops: set[int]
                     ) -> tuple[list[int], bool]:
     """The round's new tokens (accepted prefix + the target's own), cut to ``budget`` and
-    after the first stop id; and whether a stop id ended the answer."""
+    after the first stop id; and whether a stop id ended the answer. For a tree, ``draft``
+    is the accepted path's tokens."""
     new = [*draft[: verdict.accepted], verdict.next_token][:budget]
     cut = next((i for i, t in enumerate(new) if t in stops), None)
     return (new, False) if cut is None else (new[: cut + 1], True)

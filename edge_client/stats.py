@@ -32,6 +32,9 @@ class GenerationStats:
     thread_split: str = ""  # why: "explicit", "same machine", "same machine, GPU", "remote"
     translate_s: float = 0.0  # draft text → target ids (another tokenizer's target only)
     tokenizers: str = "same"  # or "translating tokenizers (N% of the draft's vocabulary ...)"
+    tree_rounds: int = 0  # rounds that drafted a token tree rather than a chain
+    tree_nodes: int = 0  # draft tokens in those trees, all branches
+    tree_depth: int = 0  # their depths, summed
 
     LABELS: ClassVar[tuple[str, ...]] = (
         "verify", "seed", "draft_threads", "daemon_threads", "thread_split", "tokenizers")
@@ -64,6 +67,17 @@ class GenerationStats:
     def round_trip_ms(self) -> float:
         return 1000.0 * self.round_trip_s / self.rounds if self.rounds else 0.0
 
+    @property
+    def draft_shape(self) -> str:
+        """For the status line: "chain", or the share of tree rounds and their mean size."""
+        if not self.tree_rounds:
+            return "chain"
+        size = (f"{self.tree_nodes / self.tree_rounds:.1f} nodes, depth "
+                f"{self.tree_depth / self.tree_rounds:.1f}")
+        if self.tree_rounds == self.rounds:
+            return f"tree ({size})"
+        return f"tree {self.tree_rounds / self.rounds:.0%} of rounds ({size})"
+
     def as_dict(self) -> dict[str, float | int | str]:
         out: dict[str, float | int | str] = asdict(self)
         out.update(
@@ -73,6 +87,11 @@ class GenerationStats:
             tokens_per_round=round(self.tokens_per_round, 3),
             round_trip_ms=round(self.round_trip_ms, 2),
             bytes_per_round=round(self.bytes_per_round, 1),
+            draft_shape=self.draft_shape,
+            mean_tree_nodes=round(self.tree_nodes / self.tree_rounds, 2)
+            if self.tree_rounds else 0.0,
+            mean_tree_depth=round(self.tree_depth / self.tree_rounds, 2)
+            if self.tree_rounds else 0.0,
         )
         for key in ("wall_s", "draft_s", "wait_s", "verify_s", "open_s", "round_trip_s",
                     "translate_s"):

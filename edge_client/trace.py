@@ -65,10 +65,12 @@ def open_record(session_id: int, tokens: Sequence[int], max_new_tokens: int,
 
 def round_record(session_id: int, t: float, base_length: int, draft: Sequence[int],
                  verdict: Verdict, rtt_s: float, draft_s: float, bytes_sent: int,
-                 bytes_received: int, q: SparseQ | None = None) -> dict[str, Any]:
+                 bytes_received: int, q: SparseQ | None = None,
+                 parents: Sequence[int] | None = None) -> dict[str, Any]:
     """One DRAFT/VERDICT exchange; the verdict is what a replay must reproduce. A sampled
     draft keeps its q (float32 values are exact in JSON's doubles): with the session's seed
-    the daemon's draws are a function of position, so a replay reproduces them too."""
+    the daemon's draws are a function of position, so a replay reproduces them too. A tree
+    keeps its nodes' parents and the accepted path (node indices)."""
     record = {"kind": "round", "session": session_hex(session_id), "t": t,
             "base_length": int(base_length), "draft": [int(x) for x in draft],
             "accepted": verdict.accepted, "next_token": verdict.next_token,
@@ -78,7 +80,18 @@ def round_record(session_id: int, t: float, base_length: int, draft: Sequence[in
     if q is not None:
         record["q"] = {"counts": q.counts.tolist(), "ids": q.ids.tolist(),
                        "probs": q.probs.tolist()}
+    if parents is not None:
+        record["parents"] = [int(x) for x in parents]
+        record["path"] = [int(x) for x in verdict.path]
     return record
+
+
+def accepted_tokens(record: dict[str, Any]) -> list[int]:
+    """The draft tokens a round record's verdict kept: a chain's prefix, a tree's path."""
+    draft = record["draft"]
+    if "parents" in record:
+        return [int(draft[node]) for node in record["path"]]
+    return [int(t) for t in draft[:record["accepted"]]]
 
 
 def sparse_q_of(record: dict[str, Any]) -> SparseQ | None:

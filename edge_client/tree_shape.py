@@ -24,7 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-CHAIN, TREE = "chain", "tree"
+CHAIN, TREE, AUTO = "chain", "tree", "auto"
+SHAPES = (AUTO, TREE, CHAIN)
 
 
 @dataclass(slots=True)
@@ -59,9 +60,10 @@ class Shape:
 @dataclass(slots=True)
 class TreeShape:
     """Per-session choice between chains and trees; ``next`` before a round, ``observe``
-    after it. ``trees=False`` keeps every round a chain (``--no-tree``)."""
+    after it. ``shape``: "auto" (measured, above), or every round a "tree" (where the
+    budget leaves room for one) or a "chain" (``--draft-shape``)."""
 
-    trees: bool = True
+    shape: str = AUTO
     tree_factor: float = 2.0
     explore_every: int = 8
     rates: dict[str, ModeRate] = field(default_factory=lambda: {CHAIN: ModeRate(),
@@ -76,9 +78,9 @@ class TreeShape:
         if self.budget > 0:
             nodes = min(nodes, self.budget)
             k = min(k, self.budget)
-        if not self.trees or k < 1 or nodes <= k:
+        if self.shape == CHAIN or k < 1 or nodes <= k:
             return Shape(CHAIN, k, k)
-        mode = self._choose()
+        mode = TREE if self.shape == TREE else self._choose()
         return Shape(mode, k, nodes if mode == TREE else k)
 
     def _choose(self) -> str:

@@ -72,7 +72,11 @@ RTT_SET_FIELDS = (
     "components", "rtt")
 RTT_FIELDS = (
     "edgespec_tok_s", "speedup_vs_target_daemon_cores", "per_token_acceptance",
-    "mean_draft_length", "tokens_per_round", "round_trip_ms", "bound")
+    "mean_draft_length", "tokens_per_round", "round_trip_ms", "draft_shape", "mean_tree_nodes",
+    "mean_tree_depth", "bound")
+# with --vs-chain: the same client drafting chains only, through the same relay
+RTT_CHAIN_FIELDS = ("chain_tok_s", "chain_tokens_per_round", "over_chain_tok_s",
+                    "over_chain_tokens_per_round")
 BOUND_FIELDS = ("bound_sequential_tok_s", "bound_sequential_k", "bound_pipelined_tok_s",
                 "bound_pipelined_k", "bound_tok_s", "measured_over_bound")
 COMPONENT_FIELDS = ("draft_ms_per_token", "verify_ms_by_width", "verify_threads",
@@ -149,7 +153,8 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
              split_threads: int, pipeline: bool, progress: Progress,
              workdir: Path, sampling: bool = False,
              draft_temperature: float | None = None,
-             rtts: list[float] | None = None) -> dict[str, Any]:
+             rtts: list[float] | None = None, draft_shape: str = "auto",
+             vs_chain: bool = False) -> dict[str, Any]:
     """One pair on every set. ``rtts``: instead of the daemon at k = 0, edgespec through a
     delay relay at each round trip, against the target alone on the daemon's cores."""
     from edgespec.edge_client.client import EdgeClient, new_session_id
@@ -166,18 +171,21 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
     alone = TargetAlone(target, threads)
     relays = {rtt: Relay.symmetric(daemon.endpoint, rtt) for rtt in rtts or ()}
 
-    def new_client(endpoint: str) -> EdgeClient:
+    def new_client(endpoint: str, shape: str = draft_shape) -> EdgeClient:
         return EdgeClient(ClientConfig(server=endpoint, draft_path=str(draft),
                                        threads=split_threads, draft_tokens=k,
-                                       pipeline=pipeline))
+                                       pipeline=pipeline, draft_shape=shape))
 
     client = new_client(daemon.endpoint)
     clients = ({rtt: new_client(r.endpoint) for rtt, r in relays.items()} if rtts
                else {0.0: client})
+    chains = ({rtt: new_client(r.endpoint, "chain") for rtt, r in relays.items()}
+              if rtts and vs_chain else {})
     daemon_threads = split_threads or client.threads.daemon
     if rtts:
         methods = ["target_generate", "target_daemon_cores",
-                   *(f"edgespec@{rtt:g}" for rtt in rtts)]
+                   *(f"{name}@{rtt:g}" for rtt in rtts
+                     for name in (("edgespec", "chain") if vs_chain else ("edgespec",)))]
     else:
         methods = list(METHODS)
     results: dict[str, Any] = {}
@@ -203,7 +211,7 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
 
         warm = client.prompt_tokens("Hello")
         alone.greedy(warm, 4, client.stop_ids)
-        for via in clients.values():
+        for via in [*clients.values(), *chains.values()]:
             edgespec_run(via, warm, k, GenerationStats())
         first_text, first_raw = load_prompts(sets[0], 1)[0]
         first = (client.prompt_tokens(first_text) if first_raw
@@ -226,9 +234,10 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
                     if method.startswith("target_"):
                         out = alone_run(ids, threads if method == "target_generate"
                                         else daemon_threads, seed)
-                    elif method.startswith("edgespec@"):
-                        rtt = float(method.partition("@")[2])
-                        out = edgespec_run(clients[rtt], ids, k, stats_of[method], seed)
+                    elif "@" in method:
+                        name, _, at = method.partition("@")
+                        via = (chains if name == "chain" else clients)[float(at)]
+                        out = edgespec_run(via, ids, k, stats_of[method], seed)
                     else:
                         out = edgespec_run(client, ids, 0 if method == "daemon_k0" else k,
                                            stats_of[method], seed)
@@ -246,7 +255,7 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
                 summarize_rtt(tallies, stats_of, components, pipeline, not sampling) if rtts
                 else summarize(tallies, stats_of, components, pipeline, not sampling))
     finally:
-        for via in {id(c): c for c in [client, *clients.values()]}.values():
+        for via in {id(c): c for c in [client, *clients.values(), *chains.values()]}.values():
             via.close()
         for relay in relays.values():
             relay.close()
@@ -321,16 +330,31 @@ def summarize_rtt(tallies: dict[str, Tally], stats_of: dict[str, Any],
         rtt = float(method.partition("@")[2])
         stats = stats_of[method]
         alpha = stats.per_token_acceptance
-        per_rtt[f"{rtt:g}"] = {
+        row = per_rtt[f"{rtt:g}"] = {
             "edgespec_tok_s": round(tally.tok_s, 2),
             "speedup_vs_target_daemon_cores": round(tally.tok_s / local.tok_s, 3),
             "per_token_acceptance": round(alpha, 4),
             "mean_draft_length": round(stats.drafted / stats.rounds, 2) if stats.rounds else 0,
             "tokens_per_round": round(stats.tokens_per_round, 3),
             "round_trip_ms": round(stats.round_trip_ms, 1),
+            "draft_shape": stats.draft_shape,
+            "mean_tree_nodes": round(stats.tree_nodes / stats.tree_rounds, 2)
+            if stats.tree_rounds else 0.0,
+            "mean_tree_depth": round(stats.tree_depth / stats.tree_rounds, 2)
+            if stats.tree_rounds else 0.0,
             "bound": bound_fields(tally.tok_s, tally.tokens, stats.open_s,
                                   components.parts(rtt), alpha, components.k_max, pipeline),
         }
+        chain = tallies.get(f"chain@{rtt:g}")
+        if chain is not None:
+            chain_stats = stats_of[f"chain@{rtt:g}"]
+            row.update({
+                "chain_tok_s": round(chain.tok_s, 2),
+                "chain_tokens_per_round": round(chain_stats.tokens_per_round, 3),
+                "over_chain_tok_s": round(tally.tok_s / chain.tok_s, 3) if chain.tok_s else 0,
+                "over_chain_tokens_per_round": round(
+                    stats.tokens_per_round / chain_stats.tokens_per_round, 3)
+                if chain_stats.tokens_per_round else 0})
     return {"target_generate_tok_s": round(base.tok_s, 2),
             "target_daemon_cores_tok_s": round(local.tok_s, 2),
             "identical_token_ids": identical, "tokens": base.tokens,
@@ -376,16 +400,20 @@ def print_rtt_table(console: Console, results: dict[str, Any], caption: str = ""
     table = Table(title="edgespec under a round trip vs the target alone on the daemon's "
                   "cores (tokens/s)", caption=caption)
     for col in ("pair", "set", "RTT ms", "alone", "edgespec", "× alone", "α", "tok/round",
-                "bound", "/bound", "identical"):
+                "trees (nodes, depth)", "chain", "tok/round", "× chain", "bound", "/bound",
+                "identical"):
         table.add_column(col, justify="right")
     for pair, sets in results.items():
         for name, r in sets.items():
             for rtt, x in r["rtt"].items():
+                chain = ((f"{x['chain_tok_s']:.1f}", f"{x['chain_tokens_per_round']:.2f}",
+                          f"{x['over_chain_tok_s']:.2f}") if "chain_tok_s" in x
+                         else ("", "", ""))
                 table.add_row(pair, name, rtt, f"{r['target_daemon_cores_tok_s']:.1f}",
                               f"{x['edgespec_tok_s']:.1f}",
                               f"{x['speedup_vs_target_daemon_cores']:.2f}",
                               f"{x['per_token_acceptance']:.2f}",
-                              f"{x['tokens_per_round']:.2f}",
+                              f"{x['tokens_per_round']:.2f}", x["draft_shape"], *chain,
                               f"{x['bound']['bound_tok_s']:.1f}",
                               f"{x['bound']['measured_over_bound']:.2f}",
                               {True: "yes", False: "NO", None: "n/a"}[r["identical_token_ids"]])
@@ -434,6 +462,9 @@ def plot_rtt(results: dict[str, Any], path: Path) -> None:
                     color=color, label=f"edgespec {name}")
             ax.plot(rtts, [x["bound"]["bound_tok_s"] for x in r["rtt"].values()], ":",
                     color=color, label=f"bound {name}")
+            if all("chain_tok_s" in x for x in r["rtt"].values()):
+                ax.plot(rtts, [x["chain_tok_s"] for x in r["rtt"].values()], "x-.",
+                        color=color, lw=0.8, label=f"chains only {name}")
             ax.axhline(r["target_daemon_cores_tok_s"], color=color, ls="--", lw=0.8,
                        label=f"target alone {name}")
         ax.set_xlabel("round trip (ms)")
@@ -467,13 +498,17 @@ def plot_rtt(results: dict[str, Any], path: Path) -> None:
 @click.option("--rtt", "rtt_", default=None,
               help="Round trips in ms (e.g. 0,20,50,100): edgespec through a delay relay at "
                    "each, against the target alone on the daemon's cores.")
+@click.option("--draft-shape", type=click.Choice(["auto", "tree", "chain"]), default="auto",
+              help="edgespec's draft shape (the client's --draft-shape).")
+@click.option("--vs-chain", is_flag=True,
+              help="With --rtt: also run the same client drafting chains only, side by side.")
 @click.option("--draft-temperature", type=float, default=None,
               help="With --sampling: the draft's temperature [default: 0.7, a sparse q]; "
                    "0 = argmax draft, one-hot q (ids only on the wire).")
 @click.pass_context
 def main(ctx: click.Context, pairs: str, sets_: str, n: int, max_tokens: int,
          draft_tokens: int, threads: int, split_threads: int, pipeline: bool, as_json: bool,
-         plot_path: str, sampling: bool, rtt_: str | None,
+         plot_path: str, sampling: bool, rtt_: str | None, draft_shape: str, vs_chain: bool,
          draft_temperature: float | None) -> None:
     """Measure edgespec against the target alone, side by side (``batching``: many users)."""
     if ctx.invoked_subcommand is not None:
@@ -485,7 +520,8 @@ def main(ctx: click.Context, pairs: str, sets_: str, n: int, max_tokens: int,
         for pair in pairs.split(","):
             results[pair] = run_pair(pair, sets_.split(","), n, max_tokens, draft_tokens,
                                      threads, split_threads, pipeline, progress, Path(tmp),
-                                     sampling, draft_temperature, rtts)
+                                     sampling, draft_temperature, rtts, draft_shape,
+                                     vs_chain)
     split = (f"draft {split_threads} + verifyd {split_threads} threads" if split_threads
              else "no thread flags (each side's default split)")
     caption = (f"{cpu_model()} · {usable_cores()} cores · generate {threads} threads · {split}"

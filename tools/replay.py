@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
-from edgespec.edge_client.trace import TraceError, read_trace, sampling_of, sparse_q_of
+import numpy as np
+from edgespec.edge_client.trace import (
+    TraceError,
+    accepted_tokens,
+    read_trace,
+    sampling_of,
+    sparse_q_of,
+)
 from edgespec.edge_client.transport import Link, expect, new_session_id
 from edgespec.wire.codec import Close, Draft, Open, Opened, SamplingParams, Verdict
 from edgespec.wire.curve import BadKey, CurveClient
@@ -100,8 +107,9 @@ def as_target_only(records: list[Record]) -> list[Record]:
         if record["kind"] != "round":
             out.append(record)
             continue
-        produced = [*record["draft"][:record["accepted"]], record["next_token"]]
-        kept = {key: value for key, value in record.items() if key != "q"}
+        produced = [*accepted_tokens(record), record["next_token"]]
+        kept = {key: value for key, value in record.items()
+                if key not in ("q", "parents", "path")}
         out += [kept | {"base_length": record["base_length"] + i, "draft": [], "accepted": 0,
                         "next_token": token, "unchecked": sampled}
                 for i, token in enumerate(produced)]
@@ -219,7 +227,9 @@ class Replayer:
                 time.sleep(max(exc.retry_after_ms, 50) / 1000.0)
 
     def round(self, link: Link, record: Record) -> bool:
-        draft = Draft(record["base_length"], record["draft"], sparse_q_of(record))
+        parents = record.get("parents")
+        draft = Draft(record["base_length"], record["draft"], sparse_q_of(record),
+                      None if parents is None else np.asarray(parents, dtype=np.int32))
         sent_at = time.perf_counter()
         try:
             reply = link.request(draft, self.session_id)
@@ -232,12 +242,14 @@ class Replayer:
         latency_ms = (time.perf_counter() - sent_at) * 1000.0
         self.tally.add_round(len(record["draft"]), verdict.accepted, latency_ms)
         checked = not record.get("unchecked", False)
-        if checked and ((verdict.accepted, verdict.next_token)
-                        != (record["accepted"], record["next_token"])):
+        if checked and ((verdict.accepted, verdict.next_token, list(verdict.path))
+                        != (record["accepted"], record["next_token"], record.get("path", []))):
             self.tally.diverged_rounds += 1
             self.tally.diverged_sessions += 1
             return False
-        self.history += [*record["draft"][:verdict.accepted], verdict.next_token]
+        kept = ([record["draft"][node] for node in verdict.path] if parents is not None
+                else record["draft"][:verdict.accepted])
+        self.history += [*kept, verdict.next_token]
         return True
 
     def close(self, link: Link) -> None:

@@ -16,9 +16,11 @@ import numpy as np
 from edgespec.models.cpu import host_id
 from edgespec.models.fingerprint import describe_mismatch
 from edgespec.verify_daemon.config import DaemonConfig
+from edgespec.verify_daemon.draft_budget import draft_budget, drafting_sessions
 from edgespec.verify_daemon.model_runner import ModelRunner
 from edgespec.verify_daemon.scheduler import Chunk, Scheduler
 from edgespec.verify_daemon.session import Session, Work
+from edgespec.verify_daemon.tree_verify import decide_tree
 from edgespec.verify_daemon.verify import NonFiniteTarget, decide, is_greedy
 from edgespec.wire.codec import (
     Close,
@@ -240,8 +242,9 @@ class Engine:
         self._check_fits(session.length + len(msg.tokens))
         now = time.monotonic()
         self.scheduler.touch(session, now)
+        parents = None if msg.parents is None else msg.parents.tolist()
         self.scheduler.submit(session, Work("draft", seq, epoch, self.scheduler.step_no, now,
-                                            msg.tokens.tolist(), msg.q))
+                                            msg.tokens.tolist(), msg.q, parents))
 
     def expire(self, now: float) -> int:
         """Drop sessions idle past the limit (a client that vanished); returns how many."""
@@ -274,11 +277,14 @@ class Engine:
         self.scheduler.observe(batch.num_tokens, elapsed)
         verify_us = int(elapsed * 1e6)
         now = time.monotonic()
+        budget = draft_budget(self.step_tokens, drafting_sessions(self.sessions.values(), now),
+                              self.config.max_draft_tokens)
         row = 0
         for chunk in batch.chunks:
             if chunk.logits:
                 n = len(chunk.tokens)
-                replies.append(self._finish_round(chunk, logits[row:row + n], verify_us, now))
+                replies.append(self._finish_round(chunk, logits[row:row + n], verify_us, now,
+                                                  budget))
                 row += n
             else:
                 reply = self._finish_prefill(chunk, now)
@@ -288,13 +294,14 @@ class Engine:
         self.forward_tokens += batch.num_tokens
         return replies
 
-    def _finish_round(self, chunk: Chunk, logits_rows: Any, verify_us: int, now: float) -> Reply:
+    def _finish_round(self, chunk: Chunk, logits_rows: Any, verify_us: int, now: float,
+                      budget: int = 0) -> Reply:
         session = chunk.session
         work = session.pending
         assert work is not None
         draft = chunk.tokens[1:]
         try:
-            accepted, next_token = self._decide(session, draft, work.q, logits_rows)
+            path, next_token = self._decide(session, draft, work.q, work.parents, logits_rows)
         except NonFiniteTarget as exc:  # nothing sampled: the session stays where it was
             log.warning("session %#x: %s", session.sid, exc)
             self.non_finite += 1
@@ -302,8 +309,13 @@ class Engine:
             self.scheduler.done(session)
             return Reply(session.peer, session.sid, work.seq, Error(
                 ErrorCode.INTERNAL, f"{exc}: no token drawn (see the daemon's log)"), work.epoch)
-        session.tokens.extend(draft[:accepted])
+        accepted = len(path)
+        session.tokens.extend(draft[node] for node in path)
         session.tokens.append(next_token)
+        if work.parents is not None:  # the accepted path's KV to its positions, in order
+            self.runner.move_kv(session.blocks, [(chunk.start + 1 + node, chunk.start + depth)
+                                                 for depth, node in enumerate(path, 1)
+                                                 if node + 1 != depth])
         session.cached = session.length - 1  # rejected positions are dropped by a length
         kept = self.blocks.truncate(session.blocks, session.cached)
         assert kept == session.cached, "a verified position fell in a shared block"
@@ -317,17 +329,24 @@ class Engine:
         self.scheduler.touch(session, now)
         self.rounds += 1
         self.verified_tokens += accepted + 1
+        tree_path = tuple(path) if work.parents is not None else ()
         return Reply(session.peer, session.sid, work.seq,
-                     Verdict(accepted, next_token, session.length, verify_us), work.epoch)
+                     Verdict(accepted, next_token, session.length, verify_us, tree_path, budget),
+                     work.epoch)
 
     @staticmethod
     def _decide(session: Session, draft_tokens: list[int], q: SparseQ | None,
-                logits_rows: Any) -> tuple[int, int]:
-        """(accepted, next_token) for one session; ``logits_rows`` [k + 1, vocab] float32 are
-        the target's logits after the last verified token and after each draft token;
-        ``verify.py`` holds the rules."""
-        return decide(session.sampling, session.rng, session.length, draft_tokens, q,
-                      logits_rows)
+                parents: list[int] | None, logits_rows: Any) -> tuple[list[int], int]:
+        """(accepted path, next_token) for one session; ``logits_rows`` [n + 1, vocab] float32
+        are the target's logits after the last verified token and after each draft node.
+        A chain's path is its first ``accepted`` nodes; ``verify.py`` and ``tree_verify.py``
+        hold the rules."""
+        if parents is None:
+            accepted, next_token = decide(session.sampling, session.rng, session.length,
+                                          draft_tokens, q, logits_rows)
+            return list(range(accepted)), next_token
+        return decide_tree(session.sampling, session.rng, session.length, draft_tokens,
+                           parents, q, logits_rows)
 
     def _publish(self, session: Session) -> None:
         """Offer the session's newly completed blocks of cached tokens for sharing."""

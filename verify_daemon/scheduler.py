@@ -40,6 +40,9 @@ class Chunk:
     start: int
     tokens: list[int]
     logits: bool  # a draft round: score every position
+    # a token tree: each chunk token's parent within the chunk (token 0, the session's last
+    # verified token, is the root: -1); None for a causal run of tokens
+    parents: list[int] | None = None
 
     @property
     def blocks(self) -> list[int]:
@@ -185,7 +188,8 @@ class Scheduler:
             if not self._make_room(s, s.cached + n):
                 prefills = []  # running users first: newcomers must not take their memory
                 break
-            batch.chunks.append(Chunk(s, s.cached, [s.tokens[-1], *work.draft], True))
+            batch.chunks.append(Chunk(s, s.cached, [s.tokens[-1], *work.draft], True,
+                                      tree_chunk_parents(work.parents)))
             budget -= n
         # prefill: what is left of the step's time, and at least what was reserved for it
         budget = min(budget, max(MIN_PREFILL, reserve, time_tokens - (self.step_tokens - budget)))
@@ -218,3 +222,11 @@ class Scheduler:
             self.evictions += 1
         self.blocks.grow(session.blocks, length)
         return True
+
+
+def tree_chunk_parents(parents: list[int] | None) -> list[int] | None:
+    """A draft tree's parents (-1: the root) shifted to chunk indices, where the root is the
+    session's last verified token at index 0."""
+    if parents is None:
+        return None
+    return [-1, *(p + 1 for p in parents)]

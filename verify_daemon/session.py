@@ -19,6 +19,7 @@ class Work:
     arrived_at: float
     draft: list[int] = field(default_factory=list)
     q: SparseQ | None = None  # the draft's sparse distribution, when it sampled (issue 4)
+    parents: list[int] | None = None  # a token tree: each node's parent (-1: the root)
 
 
 @dataclass(slots=True)

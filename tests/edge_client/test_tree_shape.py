@@ -37,8 +37,12 @@ def test_the_daemons_budget_caps_the_shape_and_can_force_a_chain():
     assert (shape.mode, shape.depth, shape.nodes) == (CHAIN, 3, 3)
 
 
-def test_trees_off_and_zero_k_are_chains():
-    assert TreeShape(trees=False).next(5).mode == CHAIN
+def test_forced_shapes_and_zero_k():
+    assert TreeShape(shape=CHAIN).next(5).mode == CHAIN
+    forced = TreeShape(shape=TREE)
+    forced.observe(CHAIN, 9, 0.1, 0)  # chains measured faster: a forced tree stays a tree
+    forced.observe(TREE, 1, 0.1, 0)
+    assert [forced.next(5).mode for _ in range(10)] == [TREE] * 10
     assert TreeShape().next(0).nodes == 0
 
 
