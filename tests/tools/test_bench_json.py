@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from edgespec.edge_client.stats import GenerationStats
 from edgespec.tools.bench import (
     BOUND_FIELDS,
     COMPONENT_FIELDS,
+    RTT_CHAIN_FIELDS,
     RTT_FIELDS,
     RTT_SET_FIELDS,
     SET_FIELDS,
@@ -73,6 +75,21 @@ def test_rtt_fields_match_the_constants():
     assert out["rtt"]["50"]["bound"]["bound_tok_s"] < out["rtt"]["0"]["bound"]["bound_tok_s"]
 
 
+def test_rtt_chain_fields_come_with_vs_chain():
+    rtts = (0.0, 50.0)
+    tallies = {"target_generate": tally(60, 4.0), "target_daemon_cores": tally(60, 5.0),
+               **{f"edgespec@{r:g}": tally(60, 2.0) for r in rtts},
+               **{f"chain@{r:g}": tally(60, 3.0) for r in rtts}}
+    trees = replace(stats(), tree_rounds=10, tree_nodes=80, tree_depth=40)
+    out = summarize_rtt(tallies, {**{f"edgespec@{r:g}": trees for r in rtts},
+                                  **{f"chain@{r:g}": stats() for r in rtts}},
+                        components(rtts), pipeline=True)
+    for row in out["rtt"].values():
+        assert tuple(row) == RTT_FIELDS + RTT_CHAIN_FIELDS
+        assert row["over_chain_tok_s"] == 1.5 and row["mean_tree_nodes"] == 8.0
+        assert row["draft_shape"] == "tree (8.0 nodes, depth 4.0)"
+
+
 def test_batching_fields_match_the_constant():
     row = system_row(100, 2.0, [10.0, 20.0, 30.0], 25, 2048 * 1024, 0, {})
     assert tuple(row) == SYSTEM_FIELDS
@@ -81,8 +98,8 @@ def test_batching_fields_match_the_constant():
     assert row["forwards_per_token"] == 0.25
 
 
-@pytest.mark.parametrize("fields", [SET_FIELDS, RTT_SET_FIELDS, RTT_FIELDS, BOUND_FIELDS,
-                                    COMPONENT_FIELDS, SYSTEM_FIELDS])
+@pytest.mark.parametrize("fields", [SET_FIELDS, RTT_SET_FIELDS, RTT_FIELDS, RTT_CHAIN_FIELDS,
+                                    BOUND_FIELDS, COMPONENT_FIELDS, SYSTEM_FIELDS])
 def test_readme_documents_every_field(fields: tuple[str, ...]):
     documented = set(re.findall(r"`([a-z0-9_]+)`", benchmark_section()))
     assert set(fields) - documented == set()
