@@ -69,7 +69,7 @@ def speculate(
             # ---- draft k tokens (a chain, or a tree up to depth k); a chain's head may
             # already be drafted from the last round
             k = policy.next_k(max_new_tokens - generated)
-            form = shape.next(k)
+            form = shape.next(k, policy.timed)
             k = form.depth
             tree = form.mode == TREE
             ahead = [] if tree else ahead[:k]

@@ -71,14 +71,17 @@ class TreeShape:
     budget: int = 0  # the daemon's last VERDICT budget (0: none said)
     round_no: int = 0
 
-    def next(self, k: int) -> Shape:
-        """The shape for a round whose best chain length is ``k``."""
+    def next(self, k: int, timed: bool = True) -> Shape:
+        """The shape for a round whose best chain length is ``k``. ``timed=False`` (a seeded
+        sampled run, which must draw the same tokens every time) keeps "auto" on chains:
+        a sampled tree's siblings use other draws than a chain's correction, so a choice
+        made from timings would change the tokens."""
         self.round_no += 1
         nodes = math.ceil(self.tree_factor * k)
         if self.budget > 0:
             nodes = min(nodes, self.budget)
             k = min(k, self.budget)
-        if self.shape == CHAIN or k < 1 or nodes <= k:
+        if self.shape == CHAIN or (self.shape == AUTO and not timed) or k < 1 or nodes <= k:
             return Shape(CHAIN, k, k)
         mode = TREE if self.shape == TREE else self._choose()
         return Shape(mode, k, nodes if mode == TREE else k)

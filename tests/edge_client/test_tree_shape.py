@@ -52,3 +52,11 @@ def test_mode_rate_is_tokens_over_seconds():
     assert rate.rate == 20.0
     rate.add(0, 0.2)
     assert rate.rate < 20.0
+
+
+def test_an_untimed_run_keeps_auto_on_chains_but_honours_a_forced_tree():
+    auto = TreeShape()
+    auto.observe(CHAIN, 1, 1.0, 0)
+    auto.observe(TREE, 9, 0.1, 0)
+    assert {auto.next(4, timed=False).mode for _ in range(10)} == {CHAIN}
+    assert TreeShape(shape=TREE).next(4, timed=False).mode == TREE
