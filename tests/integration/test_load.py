@@ -4,6 +4,7 @@ vanished clients against a daemon with a tiny budget."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import subprocess
@@ -19,6 +20,7 @@ from edgespec.edge_client.transport import Link, expect
 from edgespec.tools.daemon_proc import start_daemon
 from edgespec.tools.prompts import CHAT_PROMPTS, humaneval_prompts
 from edgespec.wire.codec import Close, Open, Opened
+from edgespec.wire.errors import UnknownSession
 
 from ..conftest import THREADS
 
@@ -116,8 +118,9 @@ def test_busy_server_makes_the_client_wait_and_retry(small_daemon, client, check
             pass
         client.end_session(sid)
     finally:
-        for sid in held:
-            holder.request(Close(), sid)
+        for sid in held:  # expired already when the answer took over --session-idle (slow box)
+            with contextlib.suppress(UnknownSession):
+                holder.request(Close(), sid)
         holder.close()
     assert len(notes) == 2 and all(n.startswith("server busy, retrying in") for n in notes)
     check_exact(prompt, tokens[len(prompt):], 24)
