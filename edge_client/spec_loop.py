@@ -69,7 +69,7 @@ def speculate(
             # ---- draft k tokens (a chain, or a tree up to depth k); a chain's head may
             # already be drafted from the last round
             k = policy.next_k(max_new_tokens - generated)
-            form = shape.next(k, policy.timed)
+            form = shape.next(k, policy.timed, max_new_tokens - generated - 1)
             k = form.depth
             tree = form.mode == TREE
             ahead = [] if tree else ahead[:k]
@@ -140,12 +140,17 @@ def speculate(
             # ---- accept the verified prefix (a tree: the verified path) plus the target's
             # own token; roll back the rest
             new, stopped = verified_tokens(kept, verdict, max_new_tokens - generated, stops)
-            full = verdict.accepted == (k if tree else len(draft))
+            # the chain policy learns the draft's own acceptance: in a tree, how far the
+            # verdict followed the main branch (the chain the draft would have sent)
+            chain_accepted = (main_branch_accepted(parents, verdict.path) if parents is not None
+                              else verdict.accepted)
+            full = chain_accepted == (k if tree else len(draft))
             guessed = full and bool(guesses) and guesses[0] == verdict.next_token
             ahead = guesses[1:] if guessed else []
-            policy.observe(k if tree else len(draft), verdict.accepted,
+            policy.observe(k if tree else len(draft), chain_accepted,
                            draft_time / max(draft_count, 1), arrived_at - sent_at,
                            width=len(draft) + 1)
+            stats.tree_side_paths += int(tree and chain_accepted < verdict.accepted)
             shape.observe(form.mode, len(new), arrived_at - round_start, verdict.budget)
             round_start = arrived_at
             tokens.extend(new)
@@ -167,6 +172,20 @@ def speculate(
         stats.wall_s += time.perf_counter() - start
         stats.bytes_sent += link.bytes_sent - sent0
         stats.bytes_received += link.bytes_received - received0
+
+
+def main_branch_accepted(parents: Sequence[int], path: Sequence[int]) -> int:
+    """How many of ``path``'s nodes lie on the tree's main branch (each node the first child
+    of the one before): the draft's own chain, as far as the target followed it."""
+    first_child: dict[int, int] = {}
+    for node, parent in enumerate(parents):
+        first_child.setdefault(parent, node)
+    count, at = 0, -1
+    for node in path:
+        if first_child.get(at) != node:
+            break
+        count, at = count + 1, node
+    return count
 
 
 def verified_tokens(draft: Sequence[int], verdict: Verdict, budget: int, stops: set[int]

@@ -35,6 +35,7 @@ class GenerationStats:
     tree_rounds: int = 0  # rounds that drafted a token tree rather than a chain
     tree_nodes: int = 0  # draft tokens in those trees, all branches
     tree_depth: int = 0  # their depths, summed
+    tree_side_paths: int = 0  # tree rounds whose verdict took a side branch (a sibling paid)
 
     LABELS: ClassVar[tuple[str, ...]] = (
         "verify", "seed", "draft_threads", "daemon_threads", "thread_split", "tokenizers")

@@ -12,7 +12,7 @@ def test_each_mode_is_measured_before_comparing():
     policy.observe(first.mode, 3, 0.1, 0)
     second = policy.next(4)
     assert {first.mode, second.mode} == {CHAIN, TREE}
-    assert second.nodes == (8 if second.mode == TREE else 4) and second.depth == 4
+    assert (second.nodes, second.depth) == ((16, 8) if second.mode == TREE else (4, 4))
 
 
 def test_the_faster_mode_wins_and_the_other_is_explored():
@@ -31,7 +31,7 @@ def test_the_daemons_budget_caps_the_shape_and_can_force_a_chain():
     policy.observe(CHAIN, 2, 0.2, 6)
     policy.observe(TREE, 5, 0.1, 6)
     shape = policy.next(4)
-    assert (shape.mode, shape.depth, shape.nodes) == (TREE, 4, 6)
+    assert (shape.mode, shape.depth, shape.nodes) == (TREE, 5, 6)
     policy.observe(TREE, 5, 0.1, 3)  # busy: 3 tokens a round
     shape = policy.next(4)
     assert (shape.mode, shape.depth, shape.nodes) == (CHAIN, 3, 3)
@@ -60,3 +60,8 @@ def test_an_untimed_run_keeps_auto_on_chains_but_honours_a_forced_tree():
     auto.observe(TREE, 9, 0.1, 0)
     assert {auto.next(4, timed=False).mode for _ in range(10)} == {CHAIN}
     assert TreeShape(shape=TREE).next(4, timed=False).mode == TREE
+
+
+def test_a_tree_never_goes_deeper_than_the_tokens_still_wanted():
+    shape = TreeShape(shape=TREE).next(6, room=3)
+    assert (shape.mode, shape.depth, shape.nodes) == (TREE, 3, 6)
