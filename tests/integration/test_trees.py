@@ -313,47 +313,59 @@ class Recording:
         self.client.end_session(sid)
 
 
-@pytest.fixture(scope="module")
-def tiny_tree_client(tiny_daemon, tiny_pair):
-    c = EdgeClient(ClientConfig(server=tiny_daemon.endpoint,
-                                draft_path=str(tiny_pair.draft_gguf), threads=1, draft_tokens=4,
-                                draft_shape="tree"))
-    yield c
-    c.close()
+def tiny_tree_client(tiny_daemon, tiny_pair) -> EdgeClient:
+    return EdgeClient(ClientConfig(server=tiny_daemon.endpoint,
+                                   draft_path=str(tiny_pair.draft_gguf), threads=1,
+                                   draft_tokens=4, draft_shape="tree"))
 
 
-@pytest.fixture(scope="module")
-def tiny_tree_law(tiny_pair, tiny_tree_client):
-    alone = TargetAlone(tiny_pair.target_dir, 1)
-    prompt = tiny_tree_client.drafter.tokenize(PROMPT)
-    return prompt, exact_first_two(alone, prompt, tiny_tree_client.stop_ids)
-
-
-@pytest.mark.parametrize("draft_temperature", [None, 0.0], ids=["sparse_q", "one_hot_q"])
-def test_first_two_tokens_with_trees_match_the_target_alone(tiny_tree_client, tiny_tree_law,
-                                                            draft_temperature):
+def test_first_two_tokens_with_trees_match_the_target_alone(tiny_daemon, tiny_pair):
     """test_sampling's chi-square (same law, seeds, draws and power) with every round a
-    tree: the root's siblings are drawn without replacement (sparse q) or are the next
+    tree, for both q modes at once (two clients, so their trees also share the daemon's
+    steps): the root's siblings are drawn without replacement (sparse q) or are the next
     argmax candidates (one-hot q), and the daemon's multi-candidate rejection keeps the law."""
     from edgespec.tools.distribution import draw_first_two
 
-    prompt, law = tiny_tree_law
-    recorder = Recorder()
-    counts, stats = draw_first_two(Recording(tiny_tree_client, recorder), prompt, DRAWS,
-                                   draft_temperature)
-    census = tree_census(recorder.records)
-    right = chi_square(counts, law, DRAWS)
-    wrong = chi_square(counts, hardest_error(law), DRAWS)
+    modes = {"sparse": None, "one-hot": 0.0}
+    clients = {mode: tiny_tree_client(tiny_daemon, tiny_pair) for mode in modes}
+    prompt = clients["sparse"].drafter.tokenize(PROMPT)
+    law = exact_first_two(TargetAlone(tiny_pair.target_dir, 1), prompt,
+                          clients["sparse"].stop_ids)
     power = simulated_power(law, DRAWS)
-    print(f"\ntrees, {'one-hot' if draft_temperature == 0 else 'sparse'} q: {DRAWS} draws, "
-          f"chi-square {right.statistic:.2f} on {right.df} df, p = {right.p_value:.3f}; "
-          f"vs 2% error p = {wrong.p_value:.2g} (power {power:.1%}); {dict(census)}; "
-          f"{stats.tree_nodes} nodes in {stats.tree_rounds} trees")
-    assert set(counts) <= set(law), "a token the target alone can never produce"
-    assert stats.tree_rounds > DRAWS // 2 and stats.tree_nodes > stats.tree_rounds
-    assert census["branched"] > DRAWS // 2 and census["side"] > DRAWS // 100, census
-    assert 0.05 < stats.acceptance_rate < 0.95
-    assert right.p_value > ALPHA
-    if DRAWS >= 10000:  # the same power test_sampling proves at the same size
-        assert power > 0.95
-        assert wrong.p_value < ALPHA
+    recorders = {mode: Recorder() for mode in modes}
+    drawn: dict[str, Any] = {}
+
+    def draw(mode: str) -> None:
+        try:
+            drawn[mode] = draw_first_two(Recording(clients[mode], recorders[mode]), prompt,
+                                         DRAWS, modes[mode])
+        except BaseException as exc:  # reported below
+            drawn[mode] = exc
+
+    threads = [threading.Thread(target=draw, args=(mode,)) for mode in modes]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for c in clients.values():
+            c.close()
+    for mode in modes:
+        assert not isinstance(drawn[mode], BaseException), drawn[mode]
+        counts, stats = drawn[mode]
+        census = tree_census(recorders[mode].records)
+        right = chi_square(counts, law, DRAWS)
+        wrong = chi_square(counts, hardest_error(law), DRAWS)
+        print(f"\ntrees, {mode} q: {DRAWS} draws, chi-square {right.statistic:.2f} on "
+              f"{right.df} df, p = {right.p_value:.3f}; vs the hardest 2% error "
+              f"p = {wrong.p_value:.2g} (power {power:.1%}); {dict(census)}; "
+              f"{stats.tree_nodes} nodes in {stats.tree_rounds} trees")
+        assert set(counts) <= set(law), "a token the target alone can never produce"
+        assert stats.tree_rounds > DRAWS // 2 and stats.tree_nodes > stats.tree_rounds
+        assert census["branched"] > DRAWS // 2 and census["side"] > DRAWS // 100, census
+        assert 0.05 < stats.acceptance_rate < 0.95
+        assert right.p_value > ALPHA, mode
+        if DRAWS >= 10000:  # the power test_sampling proves at the same size
+            assert power > 0.95
+            assert wrong.p_value < ALPHA, mode
