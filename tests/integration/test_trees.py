@@ -132,30 +132,35 @@ def hard_gguf(cache_dir: Path) -> Path:
 # ---------------------------------------------------------------- greedy: exact
 
 
-@pytest.mark.parametrize("which", ["default", "hard"])
 def test_greedy_trees_are_token_identical_to_the_target_alone(daemon, draft_gguf, hard_gguf,
-                                                             check_exact, which):
-    client = tree_client(daemon.endpoint, draft_gguf if which == "default" else hard_gguf)
+                                                             check_exact):
+    """Default and coarse drafts, two chat and two HumanEval prompts each. The default draft
+    is right so often that its verdicts rarely leave the main branch (k follows live
+    timings, so how often varies); the coarse one misses, and the side branches catch it."""
     prompts = [(CHAT_PROMPTS[1], False), (CHAT_PROMPTS[6], False),
                *((p, True) for p in humaneval_prompts(2))]
-    recorder = Recorder()
-    total = GenerationStats()
-    try:
-        for text, raw in prompts:
-            prompt = prompt_ids(client, text, raw)
-            got, stats = answer(client, prompt, MAX_NEW, trace=recorder)
-            check_exact(prompt, got, MAX_NEW)
-            total.tree_rounds += stats.tree_rounds
-            total.tree_nodes += stats.tree_nodes
-            total.tree_depth += stats.tree_depth
-    finally:
-        client.close()
-    census = tree_census(recorder.records)
-    print(f"\n{which}: {dict(census)}; {total.tree_nodes} nodes over depth {total.tree_depth}")
-    assert census["trees"] > 0 and total.tree_rounds == census["trees"]
-    assert total.tree_nodes > total.tree_depth  # trees wider than their chains
-    assert census["branched"] > 0
-    assert census["side"] > 0, "no verdict ever took a side branch: trees were chains"
+    census: dict[str, Counter[str]] = {}
+    for which, gguf in (("default", draft_gguf), ("hard", hard_gguf)):
+        client = tree_client(daemon.endpoint, gguf)
+        recorder = Recorder()
+        total = GenerationStats()
+        try:
+            for text, raw in prompts:
+                prompt = prompt_ids(client, text, raw)
+                got, stats = answer(client, prompt, MAX_NEW, trace=recorder)
+                check_exact(prompt, got, MAX_NEW)
+                total.tree_rounds += stats.tree_rounds
+                total.tree_nodes += stats.tree_nodes
+                total.tree_depth += stats.tree_depth
+        finally:
+            client.close()
+        census[which] = tree_census(recorder.records)
+        print(f"\n{which}: {dict(census[which])}; {total.tree_nodes} nodes over depth "
+              f"{total.tree_depth}")
+        assert census[which]["trees"] > 0 and total.tree_rounds == census[which]["trees"]
+        assert total.tree_nodes > total.tree_depth  # trees wider than their chains
+        assert census[which]["branched"] > 0
+    assert census["hard"]["side"] > 0, "no verdict ever took a side branch: trees were chains"
 
 
 def test_eight_concurrent_tree_clients_are_each_exact(daemon, hard_gguf, check_exact):
