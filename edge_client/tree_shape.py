@@ -5,8 +5,10 @@ A round in mode m (chain or tree) yields T_m tokens and costs S_m seconds on the
 
     rate_m = E[T_m] / E[S_m]
 
-tokens/s. Both means are exponentially weighted over that mode's recent rounds, and each
-round runs the mode with the higher rate. The mode not chosen is re-measured once every
+tokens/s. Both means are exponentially weighted over that mode's *steady* rounds (a round
+whose previous round had the same mode: the first chain round after a tree has nothing
+drafted ahead, so it would undersell chains), and each round runs the mode with the higher
+rate. The mode not chosen is re-measured in a burst of ``explore_rounds`` rounds once every
 ``explore_every`` rounds, so a change (a longer round trip, a busier server, a harder
 stretch of text) is noticed: seed 002's adaptive N, which falls back to a single chain
 when extra candidates stop paying.
@@ -75,11 +77,15 @@ class TreeShape:
     shape: str = AUTO
     node_factor: float = 4.0
     depth_factor: float = 2.0
-    explore_every: int = 8
+    explore_every: int = 24
+    explore_rounds: int = 3
     rates: dict[str, ModeRate] = field(default_factory=lambda: {CHAIN: ModeRate(),
                                                                  TREE: ModeRate()})
     budget: int = 0  # the daemon's last VERDICT budget (0: none said)
     round_no: int = 0
+    last_mode: str = ""  # the mode of the round observed last
+    burst: int = 0  # rounds left of the current exploration burst
+    burst_mode: str = CHAIN  # the mode it explores
 
     def next(self, k: int, timed: bool = True, room: int = MAX_NODES) -> Shape:
         """The shape for a round whose best chain length is ``k``, with ``room`` tokens still
@@ -105,12 +111,20 @@ class TreeShape:
     def _choose(self) -> str:
         chain, tree = self.rates[CHAIN], self.rates[TREE]
         for mode, rate in ((CHAIN, chain), (TREE, tree)):
-            if rate.rounds == 0:  # measure each mode once before comparing
+            if rate.rounds < 2:  # measure each mode (steadily) before comparing
                 return mode
         best, other = (TREE, CHAIN) if tree.rate >= chain.rate else (CHAIN, TREE)
-        return other if self.round_no % self.explore_every == 0 else best
+        if self.round_no % self.explore_every == 0:
+            self.burst, self.burst_mode = self.explore_rounds, other
+        if self.burst > 0:
+            self.burst -= 1
+            return self.burst_mode
+        return best
 
     def observe(self, mode: str, tokens: int, seconds: float, budget: int) -> None:
-        """Fold in one round: tokens it added, seconds it cost, the daemon's new budget."""
-        self.rates[mode].add(tokens, seconds)
+        """Fold in one round: tokens it added, seconds it cost, the daemon's new budget.
+        Only a steady round (the same mode as the round before) counts toward the rates."""
+        if mode == self.last_mode:
+            self.rates[mode].add(tokens, seconds)
+        self.last_mode = mode
         self.budget = budget

@@ -6,30 +6,50 @@ from __future__ import annotations
 from edgespec.edge_client.tree_shape import CHAIN, TREE, ModeRate, TreeShape
 
 
-def test_each_mode_is_measured_before_comparing():
+def feed(policy: TreeShape, mode: str, tokens: int, seconds: float, rounds: int,
+         budget: int = 0) -> None:
+    """``rounds`` steady rounds of one mode (the first after a switch does not count)."""
+    for _ in range(rounds + 1):
+        policy.observe(mode, tokens, seconds, budget)
+
+
+def test_each_mode_is_measured_steadily_before_comparing():
     policy = TreeShape()
-    first = policy.next(4)
-    policy.observe(first.mode, 3, 0.1, 0)
-    second = policy.next(4)
-    assert {first.mode, second.mode} == {CHAIN, TREE}
-    assert (second.nodes, second.depth) == ((16, 8) if second.mode == TREE else (4, 4))
+    modes = []
+    for _ in range(6):
+        shape = policy.next(4)
+        modes.append(shape.mode)
+        policy.observe(shape.mode, 3, 0.1, 0)
+    # chain until two steady chain rounds are in, then trees until two steady tree rounds
+    assert modes == [CHAIN, CHAIN, CHAIN, TREE, TREE, TREE]
+    shape = TreeShape(shape=TREE).next(4)
+    assert (shape.nodes, shape.depth) == (16, 8)
 
 
-def test_the_faster_mode_wins_and_the_other_is_explored():
-    policy = TreeShape(explore_every=5)
-    policy.observe(CHAIN, 2, 0.1, 0)  # 20 tok/s
-    policy.observe(TREE, 4, 0.12, 0)  # 33 tok/s
-    modes = [policy.next(4).mode for _ in range(10)]
-    assert modes.count(TREE) == 8 and modes.count(CHAIN) == 2
-    for _ in range(20):  # trees stop paying (a busy server, a short round trip)
-        policy.observe(TREE, 2, 0.2, 0)
-    assert policy.next(4).mode == CHAIN or policy.round_no % 5 == 0
+def test_a_switch_round_does_not_count():
+    policy = TreeShape()
+    policy.observe(TREE, 9, 0.1, 0)
+    policy.observe(CHAIN, 1, 1.0, 0)  # the chain round right after a tree: not steady
+    assert policy.rates[CHAIN].rounds == 0
+    policy.observe(CHAIN, 2, 0.1, 0)
+    assert policy.rates[CHAIN].rounds == 1 and policy.rates[CHAIN].rate == 20.0
+
+
+def test_the_faster_mode_wins_and_the_other_is_explored_in_bursts():
+    policy = TreeShape(explore_every=10, explore_rounds=3)
+    feed(policy, CHAIN, 2, 0.1, 2)  # 20 tok/s
+    feed(policy, TREE, 4, 0.12, 2)  # 33 tok/s
+    modes = [policy.next(4).mode for _ in range(20)]
+    assert modes.count(CHAIN) == 4  # rounds 10-12 and 20
+    assert modes[9:12] == [CHAIN] * 3  # a burst, so its later rounds are steady
+    feed(policy, TREE, 2, 0.2, 20)  # trees stop paying (a busy server, a short round trip)
+    assert [policy.next(4).mode for _ in range(5)] == [CHAIN] * 5
 
 
 def test_the_daemons_budget_caps_the_shape_and_can_force_a_chain():
     policy = TreeShape()
-    policy.observe(CHAIN, 2, 0.2, 6)
-    policy.observe(TREE, 5, 0.1, 6)
+    feed(policy, CHAIN, 2, 0.2, 2, budget=6)
+    feed(policy, TREE, 5, 0.1, 2, budget=6)
     shape = policy.next(4)
     assert (shape.mode, shape.depth, shape.nodes) == (TREE, 5, 6)
     policy.observe(TREE, 5, 0.1, 3)  # busy: 3 tokens a round
@@ -40,8 +60,8 @@ def test_the_daemons_budget_caps_the_shape_and_can_force_a_chain():
 def test_forced_shapes_and_zero_k():
     assert TreeShape(shape=CHAIN).next(5).mode == CHAIN
     forced = TreeShape(shape=TREE)
-    forced.observe(CHAIN, 9, 0.1, 0)  # chains measured faster: a forced tree stays a tree
-    forced.observe(TREE, 1, 0.1, 0)
+    feed(forced, CHAIN, 9, 0.1, 2)  # chains measured faster: a forced tree stays a tree
+    feed(forced, TREE, 1, 0.1, 2)
     assert [forced.next(5).mode for _ in range(10)] == [TREE] * 10
     assert TreeShape().next(0).nodes == 0
 
@@ -56,8 +76,8 @@ def test_mode_rate_is_tokens_over_seconds():
 
 def test_an_untimed_run_keeps_auto_on_chains_but_honours_a_forced_tree():
     auto = TreeShape()
-    auto.observe(CHAIN, 1, 1.0, 0)
-    auto.observe(TREE, 9, 0.1, 0)
+    feed(auto, CHAIN, 1, 1.0, 2)
+    feed(auto, TREE, 9, 0.1, 2)
     assert {auto.next(4, timed=False).mode for _ in range(10)} == {CHAIN}
     assert TreeShape(shape=TREE).next(4, timed=False).mode == TREE
 

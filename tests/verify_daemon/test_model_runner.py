@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
+from .runner_chunks import Piece
+
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Piece:
-    blocks: list[int]
-    start: int
-    tokens: list[int]
-    logits: bool
 
 
 @pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

@@ -4,20 +4,12 @@ so contexts below and above the window must both agree."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
+from .runner_chunks import Piece
+
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class Piece:
-    blocks: list[int]
-    start: int
-    tokens: list[int]
-    logits: bool
 
 
 @pytest.fixture(scope="module")

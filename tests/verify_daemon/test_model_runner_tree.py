@@ -7,24 +7,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 
+from .runner_chunks import Piece
+
 pytestmark = pytest.mark.slow
 
 ATOL = 1e-4  # float32, one thread
-
-
-@dataclass
-class Piece:
-    blocks: list[int]
-    start: int
-    tokens: list[int]
-    logits: bool
-    parents: Sequence[int] | None = None
 
 
 def random_tree(rng: random.Random, vocab: int) -> tuple[list[int], list[int]]:
