@@ -37,10 +37,11 @@ def _common(fn: Any) -> Any:
         click.option("--pipeline/--no-pipeline", default=True, show_default=True,
                      help="Keep drafting while a verdict is in flight (hides the round trip; "
                           "on one shared machine give draft and daemon a core each)."),
-        click.option("--draft-shape", type=click.Choice(["auto", "tree", "chain"]),
-                     default="auto", show_default=True,
-                     help="Token trees (siblings where the draft is unsure) or chains: auto "
-                          "picks per round whichever measured more tokens/s this session."),
+        click.option("--draft-shape", type=click.Choice(["chain", "tree", "auto"]),
+                     default="chain", show_default=True,
+                     help="Chains, token trees (siblings where the draft is unsure; more "
+                          "tokens a round, more drafting), or auto: per round whichever "
+                          "measured more tokens/s this session."),
         click.option("--timeout", type=float, default=120.0, show_default=True,
                      help="Seconds to wait for the daemon before giving up."),
         click.option("--cache-dir", type=click.Path(), default=None,
@@ -83,7 +84,7 @@ def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fix
             pipeline: bool, timeout: float, cache_dir: str | None, server_key: str | None,
             client_key: str | None, heartbeat: float, connect_timeout: float,
             reconnect_for: float, busy_for: float = 120.0, seeded: bool = False,
-            draft_shape: str = "auto") -> ClientConfig:
+            draft_shape: str = "chain") -> ClientConfig:
     from edgespec.models.paths import ModelNotFound, default_cache_dir, resolve_draft
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()

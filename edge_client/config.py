@@ -14,7 +14,7 @@ class ClientConfig:
     draft_tokens: int = 16  # the most tokens one round may draft
     adaptive: bool = True  # pick k per round from live acceptance and timings
     pipeline: bool = True  # keep drafting while a verdict is in flight
-    draft_shape: str = "auto"  # chain or tree per round: auto (measured), tree, chain
+    draft_shape: str = "chain"  # chain or tree per round: chain, tree, auto (measured)
     timed_k: bool = True  # let timings steer k; off for seeded sampling (same k, same tokens)
     timeout_s: float = 120.0
     server_key: str | None = None  # the daemon's CURVE public key (file or Z85); None = plain

@@ -153,7 +153,7 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
              split_threads: int, pipeline: bool, progress: Progress,
              workdir: Path, sampling: bool = False,
              draft_temperature: float | None = None,
-             rtts: list[float] | None = None, draft_shape: str = "auto",
+             rtts: list[float] | None = None, draft_shape: str = "chain",
              vs_chain: bool = False) -> dict[str, Any]:
     """One pair on every set. ``rtts``: instead of the daemon at k = 0, edgespec through a
     delay relay at each round trip, against the target alone on the daemon's cores."""
@@ -498,7 +498,7 @@ def plot_rtt(results: dict[str, Any], path: Path) -> None:
 @click.option("--rtt", "rtt_", default=None,
               help="Round trips in ms (e.g. 0,20,50,100): edgespec through a delay relay at "
                    "each, against the target alone on the daemon's cores.")
-@click.option("--draft-shape", type=click.Choice(["auto", "tree", "chain"]), default="auto",
+@click.option("--draft-shape", type=click.Choice(["chain", "tree", "auto"]), default="chain",
               help="edgespec's draft shape (the client's --draft-shape).")
 @click.option("--vs-chain", is_flag=True,
               help="With --rtt: also run the same client drafting chains only, side by side.")
