@@ -70,7 +70,7 @@ def bad_trees(base: int) -> list[tuple[str, list[bytes], ErrorCode, str]]:
 
     q_short = SparseQ(i32([1, 1]), i32([a, b]), np.ones(2, dtype=np.float32))  # 2 rows, 3 nodes
     q_long = SparseQ(i32([1, 1, 1, 1]), i32([a, b, c, a]), np.ones(4, dtype=np.float32))
-    q_not_one = SparseQ(i32([1, 1, 1]), i32([a, b, c]), np.float32([1.0, 0.5, 1.0]))
+    q_not_one = SparseQ(i32([1, 1, 1]), i32([a, b, c]), np.array([1.0, 0.5, 1.0], np.float32))
     q_not_own = SparseQ(i32([1, 1, 1]), i32([a, c, c]), np.ones(3, dtype=np.float32))
     return [
         ("parent after its child", encode(tree([a, b], [1, -1])), ErrorCode.MALFORMED,

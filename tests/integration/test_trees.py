@@ -262,11 +262,11 @@ def test_greedy_tree_trace_replays_on_a_fresh_daemon(daemon, fresh_daemon, hard_
     records = read_trace(trace)
     census = tree_census(records)
     assert census["trees"] > 0 and census["branched"] > 0 and census["side"] > 0, census
-    got = _replays(trace, fresh_daemon.endpoint, 3)
-    assert got["errors"] == {} and got["diverged_rounds"] == 0, got
+    replayed = _replays(trace, fresh_daemon.endpoint, 3)
+    assert replayed["errors"] == {} and replayed["diverged_rounds"] == 0, replayed
     rounds = [r for r in records if r["kind"] == "round"]
     per_session = Counter(r["session"] for r in rounds)
-    assert got["rounds"] == sum(list(per_session.values())[i % 2] for i in range(3))
+    assert replayed["rounds"] == sum(list(per_session.values())[i % 2] for i in range(3))
 
 
 def test_seeded_sampled_tree_trace_replays_exactly(daemon, fresh_daemon, hard_gguf, tmp_path):
