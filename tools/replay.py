@@ -247,9 +247,7 @@ class Replayer:
             self.tally.diverged_rounds += 1
             self.tally.diverged_sessions += 1
             return False
-        kept = ([record["draft"][node] for node in verdict.path] if parents is not None
-                else record["draft"][:verdict.accepted])
-        self.history += [*kept, verdict.next_token]
+        self.history += [*accepted_tokens(record), verdict.next_token]  # == the verdict's
         return True
 
     def close(self, link: Link) -> None:

@@ -82,15 +82,16 @@ def check_tree(parents: Sequence[int], max_depth: int | None = None) -> None:
 
     The wire codec validates too; this is the daemon's own defence before it indexes rows.
     """
-    depths: list[int] = []
     for i, parent in enumerate(parents):
         if parent < -1:
             raise ValueError(f"node {i}: parent {parent} is below -1 (the root)")
         if parent >= i:
             raise ValueError(f"node {i}: parent {parent} is not an earlier node")
-        depths.append(1 if parent == -1 else depths[parent] + 1)
-        if max_depth is not None and depths[i] > max_depth:
-            raise ValueError(f"node {i}: depth {depths[i]} is past the limit {max_depth}")
+    if max_depth is None:
+        return
+    for i, depth in enumerate(tree_depths(parents)):
+        if depth > max_depth:
+            raise ValueError(f"node {i}: depth {depth} is past the limit {max_depth}")
 
 
 def tree_children(parents: Sequence[int]) -> list[list[int]]:
