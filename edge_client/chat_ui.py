@@ -34,7 +34,9 @@ def _status(stats: GenerationStats, note: str = "") -> Text:
             f"RTT {stats.round_trip_ms:.0f} ms · {stats.tokens_per_round:.1f} tok/round · "
             f"{stats.draft_shape} · "
             f"{stats.bytes_per_round:.0f} B/round · verify {stats.verify} · "
-            f"threads {stats.draft_threads}+{stats.daemon_threads} ({stats.thread_split})")
+            f"threads {stats.draft_threads}+{stats.daemon_threads} ({stats.thread_split})"
+            + (f" · draft {stats.idle_draft_threads} between rounds"
+               if stats.idle_draft_threads > stats.draft_threads else ""))
     if stats.tokenizers != "same":
         line += f" · {stats.tokenizers}"
     return Text(f"{line}  {note}".rstrip(), style="dim")
@@ -47,8 +49,7 @@ def run_chat(client: EdgeClient, max_tokens: int, system: str | None,
     split = client.threads
     console.print(f"[bold]edgespec[/] · target [cyan]{client.welcome.model_name}[/] at "
                   f"{client.config.server} · {HELP}")
-    console.print(f"[dim]threads: draft {split.draft} + daemon {split.daemon} "
-                  f"({split.reason})[/]")
+    console.print(f"[dim]threads: {split.label}[/]")
     if client.translation is not None:
         console.print(f"[dim]{client.tokenizers}[/]")
     if sampling.target.temperature > 0:

@@ -58,7 +58,7 @@ class EdgeClient:
         self._said_raw = False
         self.stop_ids = tuple(self.welcome.eos_ids)
         self.threads = ThreadSplit.choose(config.threads, local, self.welcome)
-        self.drafter.set_threads(self.threads.draft)
+        self.drafter.set_threads(self.threads.draft, self.threads.idle_draft)
         self.policy = self.new_policy(config.draft_tokens)
         self.shape = TreeShape(shape=config.draft_shape)  # chain or tree, kept across turns
 
@@ -118,6 +118,7 @@ class EdgeClient:
         self.drafter.sampling = sampling.draft
         stats.verify, stats.seed = sampling.verify_label, sampling.target.seed
         stats.draft_threads, stats.daemon_threads = self.threads.draft, self.threads.daemon
+        stats.idle_draft_threads = self.threads.idle_draft
         stats.thread_split = self.threads.reason
         self.link.notify = on_wait
         if self.translation is not None:

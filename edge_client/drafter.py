@@ -18,7 +18,7 @@ import functools
 import logging
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,8 @@ class Drafter:
         self.n_batch = n_batch
         self.n_vocab = self.llm.n_vocab()
         self.n_threads = n_threads
+        self.idle_threads = n_threads
+        self._threads_now = n_threads
         self.n_ctx = n_ctx
         self._logits_valid = False  # True when the context's last logits row follows n_tokens
         self.sampling: DraftSampling | None = None  # None or temperature 0: argmax drafting
@@ -124,10 +126,22 @@ class Drafter:
         self._tree_live = False  # its side branches are still in the KV (seq ids 1..)
         self._batch: Any = None  # a llama_batch for tree levels, allocated on first use
 
-    def set_threads(self, n_threads: int) -> None:
-        """Use ``n_threads`` from the next decode on (after the daemon said where it runs)."""
-        llama_cpp.llama_set_n_threads(self.llm.ctx, n_threads, n_threads)
+    def set_threads(self, n_threads: int, idle_threads: int = 0) -> None:
+        """Use ``n_threads`` from the next decode on (after the daemon said where it runs);
+        ``idle_threads`` (default the same) while ``daemon_idle(True)`` says no verify of
+        ours can be running on this machine's other cores."""
         self.n_threads = n_threads
+        self.idle_threads = idle_threads or n_threads
+        self._use_threads(n_threads)
+
+    def daemon_idle(self, idle: bool) -> None:
+        """Switch between the shared-machine share and every core the daemon leaves idle."""
+        self._use_threads(self.idle_threads if idle else self.n_threads)
+
+    def _use_threads(self, n_threads: int) -> None:
+        if n_threads != self._threads_now:
+            llama_cpp.llama_set_n_threads(self.llm.ctx, n_threads, n_threads)
+            self._threads_now = n_threads
 
     # ------------------------------------------------------------ text
 
@@ -146,10 +160,13 @@ class Drafter:
     def tokens(self) -> list[int]:
         return [int(t) for t in self.llm.input_ids[: self.llm.n_tokens]]
 
-    def sync(self, tokens: Sequence[int]) -> None:
+    def sync(self, tokens: Sequence[int], chunk: int = 0,
+             between: Callable[[], None] | None = None) -> None:
         """Make the context hold exactly ``tokens`` with logits for the next position.
 
-        Reuses the longest common prefix already in the KV cache; evaluates only the rest.
+        Reuses the longest common prefix already in the KV cache; evaluates only the rest,
+        ``chunk`` tokens per decode (0: all at once) with ``between()`` before each, so a
+        long prompt can move to more threads the moment the daemon's prefill is done.
         """
         if len(tokens) == 0:
             raise ValueError("cannot draft from an empty context")
@@ -163,10 +180,15 @@ class Drafter:
             return
         keep = min(keep, len(tokens) - 1)  # always evaluate at least one token for fresh logits
         self.llm.n_tokens = keep
-        self._eval(tokens[keep:])
+        step = chunk or len(tokens)
+        for start in range(keep, len(tokens), step):
+            if between is not None:
+                between()
+            self._eval(tokens[start:start + step])
 
-    def draft(self, k: int) -> list[int]:
-        """Propose ``k`` tokens after the current context, evaluating each one.
+    def draft(self, k: int, between: Callable[[], None] | None = None) -> list[int]:
+        """Propose ``k`` tokens after the current context, evaluating each one (``between()``
+        runs before each evaluation).
 
         Argmax unless ``sampling`` asks for a sampled draft; then each token's exact q is
         kept by position for ``sparse_q``.
@@ -181,6 +203,8 @@ class Drafter:
             token = self.next_sampled() if self.sampling and self.sampling.sparse \
                 else self.next_greedy()
             out.append(token)
+            if between is not None:
+                between()
             self._eval([token])
         return out
 

@@ -23,6 +23,7 @@ from edgespec.wire.codec import Draft, Open, Opened, SamplingParams, Verdict, ch
 from edgespec.wire.errors import Overloaded, UnknownSession
 
 MAX_REOPENS = 8
+PREFILL_CHUNK = 32  # prompt tokens per draft decode while the daemon may still be prefilling
 BACKOFF_S = (0.25, 8.0)
 
 
@@ -76,12 +77,20 @@ def speculate(
             t0 = time.perf_counter()
             draft: list[int] = []
             parents: list[int] | None = None
+
+            def daemon_free(opened: bool = opened) -> None:
+                """Nothing of ours in flight once OPENED came (or is waiting to be read):
+                then the draft may take the daemon's cores too."""
+                drafter.daemon_idle(opened or link.reply_waiting())
+
             if tree:
-                drafter.sync(tokens)
+                drafter.sync(tokens, PREFILL_CHUNK, daemon_free)
+                daemon_free()
                 draft, parents = drafter.draft_tree(form.nodes, k)
             elif k:  # k = 0 (target only): the draft model has nothing to do; a later
-                drafter.sync(tokens + ahead)  # round's sync catches up on every token at once
-                draft = ahead + drafter.draft(k - len(ahead))
+                # round's sync catches up on every token at once
+                drafter.sync(tokens + ahead, PREFILL_CHUNK, daemon_free)
+                draft = ahead + drafter.draft(k - len(ahead), daemon_free)
             draft_time = time.perf_counter() - t0
             draft_count = len(draft) if tree else k - len(ahead)
             if not opened:
@@ -99,6 +108,7 @@ def speculate(
                 q = drafter.sparse_q(len(tokens), draft)
                 message = Draft(len(tokens), draft, q)
             seq = link.send(message, session_id)
+            drafter.daemon_idle(False)  # look ahead on our share only: it verifies now
             guesses: list[int] = []
             try:
                 reply = link.poll(seq)

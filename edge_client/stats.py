@@ -29,6 +29,7 @@ class GenerationStats:
     seed: int = 0  # the sampling seed (0 when greedy): rerun with it to reproduce
     draft_threads: int = 0  # llama.cpp threads the draft ran on
     daemon_threads: int = 0  # the daemon's CPU threads, as its WELCOME said
+    idle_draft_threads: int = 0  # the draft's threads between rounds (daemon idle)
     thread_split: str = ""  # why: "explicit", "same machine", "same machine, GPU", "remote"
     translate_s: float = 0.0  # draft text → target ids (another tokenizer's target only)
     tokenizers: str = "same"  # or "translating tokenizers (N% of the draft's vocabulary ...)"
@@ -38,7 +39,8 @@ class GenerationStats:
     tree_side_paths: int = 0  # tree rounds whose verdict took a side branch (a sibling paid)
 
     LABELS: ClassVar[tuple[str, ...]] = (
-        "verify", "seed", "draft_threads", "daemon_threads", "thread_split", "tokenizers")
+        "verify", "seed", "draft_threads", "daemon_threads", "idle_draft_threads", "thread_split",
+        "tokenizers")
 
     @property
     def acceptance_rate(self) -> float:

@@ -7,6 +7,11 @@ spinning OpenMP and torch threads fight (0.38x the target alone, measured). The 
 its own share when bound to loopback and reports it in WELCOME; we take the rest. A daemon
 verifying on a GPU barely uses its CPU threads, and a remote one none of ours, so then the
 draft takes every core. ``--threads`` always wins.
+
+The split holds only while the daemon may be verifying for us. Between our rounds (a fresh
+draft after a rejection, the rest of a draft the look-ahead did not reach, a token tree) a
+CPU daemon on this machine has nothing of ours to do, so the draft takes its cores too
+(``idle``): 21 ms a token on one core, 11.5 on two, measured on the 2-core Xeon.
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ class ThreadSplit:
     draft: int
     daemon: int
     reason: str  # "explicit", "same machine", "same machine, GPU", "remote"
+    idle: int = 0  # the draft's threads while no verify of ours is in flight (0: ``draft``)
+
+    @property
+    def idle_draft(self) -> int:
+        return self.idle or self.draft
 
     @classmethod
     def choose(cls, explicit: int, local_endpoint: bool, welcome: Welcome,
@@ -56,5 +66,13 @@ class ThreadSplit:
         else:
             reason = "remote"
         shares_cpu = same_host and not welcome.on_gpu
-        draft = client_threads(explicit, shares_cpu, welcome.threads, cores or usable_cores())
-        return cls(draft, welcome.threads, reason)
+        cores = cores or usable_cores()
+        draft = client_threads(explicit, shares_cpu, welcome.threads, cores)
+        idle = min(cores, draft + welcome.threads) if reason == "same machine" else draft
+        return cls(draft, welcome.threads, reason, idle)
+
+    @property
+    def label(self) -> str:
+        """For status lines: ``1+1 (same machine; draft 2 between rounds)``."""
+        extra = f"; draft {self.idle} between rounds" if self.idle_draft != self.draft else ""
+        return f"{self.draft}+{self.daemon} ({self.reason}{extra})"

@@ -172,6 +172,11 @@ class Link:
         self.bytes_sent += sum(len(f) for f in frames)
         return self._seq
 
+    def reply_waiting(self) -> bool:
+        """True when a reply has arrived and not been read yet (reads nothing; ZMTP
+        heartbeats are not messages): the daemon is done with what we last asked."""
+        return bool(self.socket.poll(0, zmq.POLLIN))
+
     def poll(self, seq: int) -> Message | None:
         """The reply to ``seq`` if it has arrived, else None; never blocks (but may recover)."""
         return self._receive(seq, timeout_ms=0, recover=True)

@@ -41,3 +41,36 @@ def test_sync_refuses_empty_and_oversized_contexts(drafter):
         drafter.sync([])
     with pytest.raises(ValueError):
         drafter.sync([1] * 600)
+
+
+def test_chunked_prefill_with_thread_switches_equals_one_batch(drafter, draft_gguf):
+    """The prompt fed 5 tokens a decode, the threads switching between chunks (as when the
+    daemon's prefill ends mid-prompt), leaves the same logits and drafts as one batch."""
+    prompt = drafter.tokenize(PROMPT)
+    drafter.sync(prompt)
+    want_logits = drafter._logits().copy()
+    want = drafter.draft(6)
+    chunked = Drafter(draft_gguf, n_ctx=512, n_threads=1)
+    chunked.set_threads(1, idle_threads=2)
+    calls: list[int] = []
+
+    def between() -> None:
+        calls.append(chunked.llm.n_tokens)
+        chunked.daemon_idle(len(calls) % 2 == 0)
+
+    chunked.sync(prompt, chunk=5, between=between)
+    assert calls == list(range(0, len(prompt), 5))
+    assert abs(chunked._logits() - want_logits).max() < 1e-3
+    assert chunked.draft(6, between) == want
+    assert len(calls) == len(range(0, len(prompt), 5)) + 6
+
+
+def test_daemon_idle_switches_between_the_two_thread_counts(drafter):
+    drafter.set_threads(1, idle_threads=2)
+    drafter.daemon_idle(True)
+    assert drafter._threads_now == 2
+    drafter.daemon_idle(False)
+    assert drafter._threads_now == 1
+    drafter.set_threads(1)
+    drafter.daemon_idle(True)
+    assert drafter._threads_now == 1

@@ -49,3 +49,20 @@ def test_a_local_gpu_daemon_leaves_the_cpu_to_the_draft():
 def test_explicit_threads_win():
     split = ThreadSplit.choose(2, True, welcome(HERE, 8), cores=8, here=HERE)
     assert (split.draft, split.reason) == (2, "explicit")
+
+
+def test_between_rounds_a_local_cpu_draft_takes_the_daemons_cores_too():
+    split = ThreadSplit.choose(0, True, welcome(HERE, 1), cores=2, here=HERE)
+    assert (split.draft, split.idle_draft) == (1, 2)
+    assert "draft 2 between rounds" in split.label
+
+
+@pytest.mark.parametrize(("explicit", "local", "host", "on_gpu"), [
+    (2, True, HERE, False),  # --threads wins, always
+    (0, False, ELSEWHERE, False),  # remote: the draft has every core already
+    (0, True, HERE, True),  # a GPU daemon: likewise
+])
+def test_no_idle_boost_unless_sharing_the_cpu_by_default(explicit, local, host, on_gpu):
+    split = ThreadSplit.choose(explicit, local, welcome(host, 8, on_gpu), cores=8, here=HERE)
+    assert split.idle_draft == split.draft
+    assert "between rounds" not in split.label
