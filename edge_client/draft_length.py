@@ -5,7 +5,9 @@ With per-token acceptance probability a, a draft of k tokens yields on average
 k drafting steps plus one round trip R (wire + verification). When drafting is pipelined,
 a round whose draft and bonus guess all hold (probability about a^(k+1)) overlaps the next
 draft with the round trip and costs max(k * t_draft, R); any other round costs the sum.
-We pick the k that maximises tokens per second under these running estimates.
+Drafting with nothing in flight may run on more cores (``t_idle``, see ``round_seconds``).
+We pick the k that maximises tokens per second under these running estimates; the
+benchmark's bound (``tools/bound.py``) uses the same round cost with measured parts.
 """
 
 from __future__ import annotations
@@ -18,6 +20,24 @@ def expected_tokens(a: float, k: int) -> float:
     if a >= 1.0:
         return float(k + 1)
     return (1.0 - a ** (k + 1)) / (1.0 - a)
+
+
+def round_seconds(k: int, a: float, t_draft: float, trip: float, pipelined: bool,
+                  t_idle: float = 0.0) -> float:
+    """Expected seconds of one round of draft length ``k`` (derivation: ``tools/bound.py``).
+
+    ``t_draft``: seconds a draft token while a verify may run beside it; ``t_idle`` (0: the
+    same): with nothing of ours in flight, when a client on the daemon's machine also takes
+    its cores. Sequential: ``k t_idle + trip``. Pipelined: a round whose drafts and bonus
+    guess all hold (``a^(k+1)``) costs the trip plus the drafting that did not fit in it,
+    done after the verdict at ``t_idle``; any other round costs the sum.
+    """
+    t_idle = t_idle or t_draft
+    if not pipelined:
+        return k * t_idle + trip
+    hit = a ** (k + 1)
+    overhang = max(0.0, k * t_draft - trip) * (t_idle / t_draft if t_draft else 1.0)
+    return hit * (trip + overhang) + (1.0 - hit) * (k * t_idle + trip)
 
 
 @dataclass(slots=True)
@@ -61,6 +81,7 @@ class DraftLength:
     accepted: float = 8.0  # prior: pseudo-counts of accepted and rejected draft tokens
     rejected: float = 1.0
     draft_s_per_token: float = 0.01
+    idle_draft_s_per_token: float = 0.0  # drafting with nothing in flight (0: not seen yet)
     round_trip: RoundTripModel = field(default_factory=RoundTripModel)
 
     @property
@@ -75,25 +96,29 @@ class DraftLength:
         a = min(self.acceptance, 0.999)
 
         def rate(k: int) -> float:
-            drafting, trip = k * self.draft_s_per_token, self.round_trip.predict(k + 1)
-            cost = drafting + trip
-            if self.pipelined:
-                hit = a ** (k + 1)
-                cost = hit * max(drafting, trip) + (1.0 - hit) * cost
+            cost = round_seconds(k, a, self.draft_s_per_token, self.round_trip.predict(k + 1),
+                                 self.pipelined, self.idle_draft_s_per_token)
             return expected_tokens(a, k) / cost
 
         return max(range(self.k_min, cap + 1), key=rate)
 
     def observe(self, k: int, accepted: int, draft_s_per_token: float,
-                round_trip_s: float, width: int = 0) -> None:
+                round_trip_s: float, width: int = 0, idle_draft_s_per_token: float = 0.0
+                ) -> None:
         """Fold one round in; a full accept says nothing about rejection, a miss counts one.
         ``width``: tokens the daemon verified when not k + 1 (a tree of more nodes than its
-        depth ``k``)."""
+        depth ``k``). ``draft_s_per_token``: drafting beside a verify (0: none this round);
+        ``idle_draft_s_per_token``: drafting with nothing in flight (0: none)."""
         decay = 1.0 - self.smoothing
         self.accepted = self.accepted * decay + accepted
         self.rejected = self.rejected * decay + (1.0 if accepted < k else 0.0)
         if not self.timed:
             return
-        if k > 0:
+        if k > 0 and draft_s_per_token > 0:
             self.draft_s_per_token += self.smoothing * (draft_s_per_token - self.draft_s_per_token)
+        if idle_draft_s_per_token > 0:
+            self.idle_draft_s_per_token = (
+                idle_draft_s_per_token if not self.idle_draft_s_per_token else
+                self.idle_draft_s_per_token
+                + self.smoothing * (idle_draft_s_per_token - self.idle_draft_s_per_token))
         self.round_trip.add(width or k + 1, round_trip_s)

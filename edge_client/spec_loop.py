@@ -75,6 +75,7 @@ def speculate(
             tree = form.mode == TREE
             ahead = [] if tree else ahead[:k]
             t0 = time.perf_counter()
+            opened_before = opened
             draft: list[int] = []
             parents: list[int] | None = None
 
@@ -135,9 +136,10 @@ def speculate(
                 check_path(parents, verdict.path)
                 kept = [draft[node] for node in verdict.path]
                 drafter.accept_tree(list(verdict.path))
+            fresh_s_per_token = draft_time / draft_count if draft_count else 0.0
+            was_idle = opened_before and not tree  # a tree's nodes cost less than a chain's
             if guesses:
                 draft_time += drafted_at - sent_at
-                draft_count += len(guesses)
             stats.draft_s += draft_time
             stats.wait_s += arrived_at - (drafted_at if guesses else sent_at)
             stats.round_trip_s += arrived_at - sent_at
@@ -157,9 +159,12 @@ def speculate(
             full = chain_accepted == (k if tree else len(draft))
             guessed = full and bool(guesses) and guesses[0] == verdict.next_token
             ahead = guesses[1:] if guessed else []
+            # drafting beside the verify (the guesses) and with nothing in flight (this
+            # round's fresh tokens, once OPENED came: the first round's carry the prompt)
             policy.observe(k if tree else len(draft), chain_accepted,
-                           draft_time / max(draft_count, 1), arrived_at - sent_at,
-                           width=len(draft) + 1)
+                           (drafted_at - sent_at) / len(guesses) if guesses else 0.0,
+                           arrived_at - sent_at, width=len(draft) + 1,
+                           idle_draft_s_per_token=fresh_s_per_token if was_idle else 0.0)
             stats.tree_side_paths += int(tree and chain_accepted < verdict.accepted)
             shape.observe(form.mode, len(new), arrived_at - round_start, verdict.budget)
             round_start = arrived_at

@@ -79,7 +79,8 @@ RTT_CHAIN_FIELDS = ("chain_tok_s", "chain_tokens_per_round", "over_chain_tok_s",
                     "over_chain_tokens_per_round")
 BOUND_FIELDS = ("bound_sequential_tok_s", "bound_sequential_k", "bound_pipelined_tok_s",
                 "bound_pipelined_k", "bound_tok_s", "measured_over_bound")
-COMPONENT_FIELDS = ("draft_ms_per_token", "verify_ms_by_width", "verify_threads",
+COMPONENT_FIELDS = ("draft_ms_per_token", "draft_idle_ms_per_token", "verify_ms_by_width",
+                    "verify_threads",
                     "generate_step_ms", "round_trip_ms", "context_tokens", "k_max")
 
 
@@ -94,22 +95,30 @@ class Components:
     round_trip_s: dict[float, float]  # PING through each path, keyed by added RTT (ms)
     context_tokens: int
     k_max: int
+    draft_idle_s_per_token: float = 0.0  # with the daemon's cores too (0: not measured)
 
     def fastest(self, other: Components) -> Components:
         """Each part at the faster of two measurements (same widths and paths)."""
         return replace(
             self, draft_s_per_token=min(self.draft_s_per_token, other.draft_s_per_token),
+            draft_idle_s_per_token=min(self.idle_draft_s, other.idle_draft_s),
             verify=VerifyCost(self.verify.widths, tuple(
                 min(a, b) for a, b in zip(self.verify.seconds, other.verify.seconds,
                                           strict=True))),
             generate_step_s=min(self.generate_step_s, other.generate_step_s),
             round_trip_s={r: min(s, other.round_trip_s[r]) for r, s in self.round_trip_s.items()})
 
+    @property
+    def idle_draft_s(self) -> float:
+        return self.draft_idle_s_per_token or self.draft_s_per_token
+
     def parts(self, rtt_ms: float) -> Parts:
-        return Parts(self.draft_s_per_token, self.verify, self.round_trip_s[rtt_ms])
+        return Parts(self.draft_s_per_token, self.verify, self.round_trip_s[rtt_ms],
+                     self.idle_draft_s)
 
     def as_dict(self) -> dict[str, Any]:
         return {"draft_ms_per_token": round(1000 * self.draft_s_per_token, 2),
+                "draft_idle_ms_per_token": round(1000 * self.idle_draft_s, 2),
                 "verify_ms_by_width": {str(w): round(1000 * s, 2) for w, s in
                                        zip(self.verify.widths, self.verify.seconds,
                                            strict=True)},
@@ -141,12 +150,20 @@ def measure_components(client: Any, alone: Any, threads: int, verify_threads: in
     from edgespec.tools.costs import draft_s_per_token, ping_s, verify_cost
 
     step = verify_cost(alone.model, threads, context, widths=(1,))
+    drafter, ids = client.drafter, _draft_ids(client, context)[:64]
+    drafter.daemon_idle(False)
+    beside_verify = draft_s_per_token(drafter, ids)
+    idle = 0.0
+    if drafter.idle_threads != drafter.n_threads:  # the client takes the daemon's cores too
+        drafter.daemon_idle(True)
+        idle = draft_s_per_token(drafter, ids)
+        drafter.daemon_idle(False)
     return Components(
-        draft_s_per_token=draft_s_per_token(client.drafter, _draft_ids(client, context)[:64]),
+        draft_s_per_token=beside_verify,
         verify=verify_cost(alone.model, verify_threads, context),
         verify_threads=verify_threads, generate_step_s=step(1),
         round_trip_s={rtt: ping_s(link) for rtt, link in links.items()},
-        context_tokens=len(context), k_max=client.policy.k_max)
+        context_tokens=len(context), k_max=client.policy.k_max, draft_idle_s_per_token=idle)
 
 
 def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: int,
@@ -367,7 +384,10 @@ def components_line(results: dict[str, Any]) -> str:
     for pair, sets in results.items():
         c = next(iter(sets.values()))["components"]
         v = c["verify_ms_by_width"]
-        lines.append(f"{pair}: draft {c['draft_ms_per_token']} ms/token, verify "
+        idle = c.get("draft_idle_ms_per_token", c["draft_ms_per_token"])
+        draft = (f"{c['draft_ms_per_token']} ms/token ({idle} between rounds)"
+                 if idle != c["draft_ms_per_token"] else f"{c['draft_ms_per_token']} ms/token")
+        lines.append(f"{pair}: draft {draft}, verify "
                      + ", ".join(f"w{w} {ms}" for w, ms in v.items())
                      + f" ms ({c['verify_threads']} threads, {c['context_tokens']}-token "
                      f"cache), PING {c['round_trip_ms']} ms")

@@ -2,7 +2,9 @@
 
 Terms (all measured in the same benchmark run):
 
-- ``t_d``: the draft's seconds per token at its threads;
+- ``t_d``: the draft's seconds per token at its threads, while a verify may run beside it;
+- ``t_i``: the same with nothing of ours in flight (a client on the daemon's machine then
+  takes the daemon's cores too, ``edge_client/threads.py``; elsewhere ``t_i = t_d``);
 - ``V(w)``: the target's seconds for one forward pass over ``w`` new tokens with a KV cache,
   at the daemon's threads (a plain transformers forward: what a perfect daemon would pay);
 - ``R``: the wire's round trip, with no verification in it (a PING through the same path);
@@ -15,14 +17,16 @@ P(j) = a^j (1 - a) for j < k and a^k for j = k; the round yields j + 1 tokens, s
 
     E(k) = sum_{j=0..k} a^j = (1 - a^(k+1)) / (1 - a).
 
-**Sequential** (draft, then send, then wait): a round costs ``C(k) = k t_d + R + V(k+1)``.
+**Sequential** (draft, then send, then wait): a round costs ``C(k) = k t_i + R + V(k+1)``.
 
 **Pipelined** (the client drafts the next round while this one is in flight): the tokens
 drafted ahead are usable only when all ``k`` drafts and the draft's guess of the target's
-bonus token hold, probability ``h = a^(k+1)``; then the round costs the longer of drafting
-and the trip, ``max(k t_d, R + V(k+1))``, otherwise both in turn:
+bonus token hold, probability ``h = a^(k+1)``. Then the round costs the trip ``T = R +
+V(k+1)`` plus whatever drafting did not fit in it, done after the verdict at ``t_i``:
+``T + max(0, k t_d - T) t_i / t_d`` (with ``t_i = t_d`` this is ``max(k t_d, T)``);
+otherwise drafting and the trip in turn:
 
-    C_p(k) = h max(k t_d, R + V(k+1)) + (1 - h) (k t_d + R + V(k+1)).
+    C_p(k) = h (T + max(0, k t_d - T) t_i / t_d) + (1 - h) (k t_i + T).
 
 **Why one k is optimal.** Acceptance is independent across rounds, so rounds are renewal
 cycles: over many rounds tokens/s = sum(tokens) / sum(seconds) -> E[tokens] / E[cost], and a
@@ -48,7 +52,7 @@ import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from edgespec.edge_client.draft_length import expected_tokens
+from edgespec.edge_client.draft_length import expected_tokens, round_seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,11 @@ class Parts:
     draft_s_per_token: float
     verify: VerifyCost
     round_trip_s: float
+    draft_idle_s_per_token: float = 0.0  # t_i; 0: the same as ``draft_s_per_token``
+
+    @property
+    def idle_draft_s(self) -> float:
+        return self.draft_idle_s_per_token or self.draft_s_per_token
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,12 +116,8 @@ class Bound:
 
 def round_cost(parts: Parts, a: float, k: int, pipelined: bool) -> float:
     """Expected seconds of one round with draft length ``k``."""
-    drafting = k * parts.draft_s_per_token
     trip = parts.round_trip_s + parts.verify(k + 1)
-    if not pipelined:
-        return drafting + trip
-    hit = a ** (k + 1)
-    return hit * max(drafting, trip) + (1.0 - hit) * (drafting + trip)
+    return round_seconds(k, a, parts.draft_s_per_token, trip, pipelined, parts.idle_draft_s)
 
 
 def rate(parts: Parts, a: float, k: int, pipelined: bool) -> float:

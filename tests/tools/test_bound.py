@@ -57,13 +57,29 @@ def test_pipelining_hides_drafting_only_when_the_round_hits():
     assert pipe < seq
 
 
+def test_idle_cores_speed_the_drafting_no_verify_overlaps():
+    """t_i: a fresh draft after a miss, and what the look-ahead did not reach, run on the
+    daemon's cores too; what drafting overlaps the trip stays at t_d."""
+    parts = Parts(0.02, FLAT, round_trip_s=0.0, draft_idle_s_per_token=0.01)
+    a, k = 0.8, 4  # k t_d = 0.08 > the 0.05 trip: 0.03 of it after the verdict, at half cost
+    hit = a ** 5
+    assert round_cost(parts, a, k, pipelined=False) == pytest.approx(0.04 + 0.05)
+    assert round_cost(parts, a, k, pipelined=True) == pytest.approx(
+        hit * (0.05 + 0.015) + (1 - hit) * (0.04 + 0.05))
+    same = Parts(0.02, FLAT, round_trip_s=0.0)
+    assert round_cost(same, a, k, pipelined=True) == pytest.approx(
+        hit * 0.08 + (1 - hit) * (0.08 + 0.05))
+    assert best(parts, a, 16).pipelined_tok_s > best(same, a, 16).pipelined_tok_s
+
+
 def test_pipelined_bound_is_never_below_sequential():
     rng = random.Random(7)
     for _ in range(200):
         table = {1: rng.uniform(0.005, 0.1)}
         table[16] = table[1] + rng.uniform(0.0, 0.2)
-        parts = Parts(rng.uniform(0.001, 0.05), VerifyCost.from_table(table),
-                      rng.uniform(0.0, 0.2))
+        t_d = rng.uniform(0.001, 0.05)
+        parts = Parts(t_d, VerifyCost.from_table(table), rng.uniform(0.0, 0.2),
+                      draft_idle_s_per_token=rng.choice([0.0, t_d * rng.uniform(0.3, 1.0)]))
         b = best(parts, rng.uniform(0.0, 1.0), k_max=16)
         assert b.pipelined_tok_s >= b.sequential_tok_s - 1e-9
 
