@@ -70,7 +70,8 @@ def speculate(
             # ---- draft k tokens (a chain, or a tree up to depth k); a chain's head may
             # already be drafted from the last round
             k = policy.next_k(max_new_tokens - generated)
-            form = shape.next(k, policy.timed, max_new_tokens - generated - 1)
+            hits = policy.acceptance ** (k + 1) if pipeline else 0.0  # look-ahead holds
+            form = shape.next(k, policy.timed, max_new_tokens - generated - 1, hits)
             k = form.depth
             tree = form.mode == TREE
             ahead = [] if tree else ahead[:k]

@@ -13,6 +13,16 @@ rate. The mode not chosen is re-measured in a burst of ``explore_rounds`` rounds
 stretch of text) is noticed: seed 002's adaptive N, which falls back to a single chain
 when extra candidates stop paying.
 
+**Where trees cannot pay, auto does not try them.** A tree is drafted after the verdict
+(which branch the target takes is known only then), so it gives up the chain's look-ahead,
+which hides the whole next draft behind the round trip in a round whose k drafts and bonus
+guess all hold: probability ``h = a^(k+1)`` for the chain policy's acceptance ``a``. While
+``h >= hit_gate`` (0.5) most chain rounds already cost only the trip, and a tree, which
+adds side nodes to draft and verify, would pay for rescuing the few misses with the look-
+ahead of the many hits; auto then stays on chains without exploring (the default pair: a
+about 0.96, k about 8, h about 0.7; the hard pair: a about 0.75, k about 3, h about 0.3).
+A client that does not draft ahead (``--no-pipeline``) passes ``h = 0``.
+
 A tree's shape, from the chain policy's k (``draft_length.py``: the best chain length for
 the measured acceptance, drafting cost and round trip):
 
@@ -79,6 +89,7 @@ class TreeShape:
     depth_factor: float = 2.0
     explore_every: int = 24
     explore_rounds: int = 3
+    hit_gate: float = 0.5  # auto stays on chains while a chain round's look-ahead holds this often
     rates: dict[str, ModeRate] = field(default_factory=lambda: {CHAIN: ModeRate(),
                                                                  TREE: ModeRate()})
     budget: int = 0  # the daemon's last VERDICT budget (0: none said)
@@ -87,20 +98,23 @@ class TreeShape:
     burst: int = 0  # rounds left of the current exploration burst
     burst_mode: str = CHAIN  # the mode it explores
 
-    def next(self, k: int, timed: bool = True, room: int = MAX_NODES) -> Shape:
+    def next(self, k: int, timed: bool = True, room: int = MAX_NODES,
+             chain_hits: float = 0.0) -> Shape:
         """The shape for a round whose best chain length is ``k``, with ``room`` tokens still
         wanted after the target's own. ``timed=False`` (a seeded sampled run, which must
         draw the same tokens every time) keeps "auto" on chains: a sampled tree's siblings
         use other draws than a chain's correction, so a choice made from timings would
-        change the tokens."""
+        change the tokens. ``chain_hits``: how often a chain round's look-ahead would hold,
+        ``a^(k+1)`` (0 when the client does not draft ahead); auto keeps chains from
+        ``hit_gate`` up."""
         self.round_no += 1
         nodes = min(math.ceil(self.node_factor * k), MAX_NODES)
         if self.budget > 0:
             nodes = min(nodes, self.budget)
             k = min(k, self.budget)
         depth = min(math.ceil(self.depth_factor * k), nodes - 1, room, MAX_DEPTH)
-        if self.shape == CHAIN or (self.shape == AUTO and not timed) or depth < 1 \
-                or nodes <= k:
+        auto_chain = self.shape == AUTO and (not timed or chain_hits >= self.hit_gate)
+        if self.shape == CHAIN or auto_chain or depth < 1 or nodes <= k:
             return Shape(CHAIN, k, k)
         mode = TREE if self.shape == TREE else self._choose()
         if mode == CHAIN:

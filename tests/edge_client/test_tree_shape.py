@@ -85,3 +85,17 @@ def test_an_untimed_run_keeps_auto_on_chains_but_honours_a_forced_tree():
 def test_a_tree_never_goes_deeper_than_the_tokens_still_wanted():
     shape = TreeShape(shape=TREE).next(6, room=3)
     assert (shape.mode, shape.depth, shape.nodes) == (TREE, 3, 6)
+
+
+def test_auto_stays_on_chains_while_their_look_ahead_mostly_holds():
+    """Trees give up drafting ahead: at a high hit rate auto never even tries one."""
+    policy = TreeShape()
+    feed(policy, CHAIN, 2, 0.2, 2)
+    feed(policy, TREE, 6, 0.1, 2)  # trees measured faster...
+    assert policy.next(4, chain_hits=0.3).mode == TREE
+    # ...but with 0.96 acceptance at k = 8 (0.96^9 = 0.69) chains hide the next draft
+    assert [policy.next(8, chain_hits=0.96 ** 9).mode for _ in range(30)] == [CHAIN] * 30
+    fresh = TreeShape()
+    modes = [fresh.next(8, chain_hits=0.7).mode for _ in range(50)]
+    assert modes == [CHAIN] * 50  # no exploration either
+    assert TreeShape(shape=TREE).next(8, chain_hits=0.9).mode == TREE  # forced stays forced
