@@ -42,6 +42,7 @@ class Tally:
     tokens: int = 0
     seconds: float = 0.0
     outputs: list[list[int]] = field(default_factory=list)
+    prompt_tokens: int = 0  # the prompts' tokens, all runs: the draft reads each one first
 
     @property
     def tok_s(self) -> float:
@@ -79,7 +80,8 @@ RTT_CHAIN_FIELDS = ("chain_tok_s", "chain_tokens_per_round", "over_chain_tok_s",
                     "over_chain_tokens_per_round")
 BOUND_FIELDS = ("bound_sequential_tok_s", "bound_sequential_k", "bound_pipelined_tok_s",
                 "bound_pipelined_k", "bound_tok_s", "measured_over_bound")
-COMPONENT_FIELDS = ("draft_ms_per_token", "draft_idle_ms_per_token", "verify_ms_by_width",
+COMPONENT_FIELDS = ("draft_ms_per_token", "draft_idle_ms_per_token",
+                    "draft_prefill_ms_per_token", "verify_ms_by_width",
                     "verify_threads",
                     "generate_step_ms", "round_trip_ms", "context_tokens", "k_max")
 
@@ -96,12 +98,15 @@ class Components:
     context_tokens: int
     k_max: int
     draft_idle_s_per_token: float = 0.0  # with the daemon's cores too (0: not measured)
+    draft_prefill_s_per_token: float = 0.0  # the draft reading a prompt, at its fastest
 
     def fastest(self, other: Components) -> Components:
         """Each part at the faster of two measurements (same widths and paths)."""
         return replace(
             self, draft_s_per_token=min(self.draft_s_per_token, other.draft_s_per_token),
             draft_idle_s_per_token=min(self.idle_draft_s, other.idle_draft_s),
+            draft_prefill_s_per_token=min(self.draft_prefill_s_per_token,
+                                          other.draft_prefill_s_per_token),
             verify=VerifyCost(self.verify.widths, tuple(
                 min(a, b) for a, b in zip(self.verify.seconds, other.verify.seconds,
                                           strict=True))),
@@ -119,6 +124,7 @@ class Components:
     def as_dict(self) -> dict[str, Any]:
         return {"draft_ms_per_token": round(1000 * self.draft_s_per_token, 2),
                 "draft_idle_ms_per_token": round(1000 * self.idle_draft_s, 2),
+                "draft_prefill_ms_per_token": round(1000 * self.draft_prefill_s_per_token, 3),
                 "verify_ms_by_width": {str(w): round(1000 * s, 2) for w, s in
                                        zip(self.verify.widths, self.verify.seconds,
                                            strict=True)},
@@ -131,8 +137,9 @@ class Components:
 
 def bound_fields(tok_s: float, tokens: int, prefill_s: float, parts: Parts, a: float,
                  k_max: int, pipelined: bool) -> dict[str, Any]:
-    """The bound for this acceptance, charged the same prefill wait the run measured, and
-    measured / bound."""
+    """The bound for this acceptance, charged the same prefill wait the run measured (the
+    daemon's OPEN, plus the draft reading the prompts: no schedule that drafts skips it),
+    and measured / bound."""
     b = best(parts, a, k_max)
     rate = b.pipelined_tok_s if pipelined else b.sequential_tok_s
     bound_tok_s = tokens / (prefill_s + tokens / rate) if tokens and rate else 0.0
@@ -147,23 +154,30 @@ def _draft_ids(client: Any, ids: list[int]) -> list[int]:
 
 def measure_components(client: Any, alone: Any, threads: int, verify_threads: int,
                        context: list[int], links: dict[float, Any]) -> Components:
-    from edgespec.tools.costs import draft_s_per_token, ping_s, verify_cost
+    from edgespec.tools.costs import (
+        draft_prefill_s_per_token,
+        draft_s_per_token,
+        ping_s,
+        verify_cost,
+    )
 
     step = verify_cost(alone.model, threads, context, widths=(1,))
     drafter, ids = client.drafter, _draft_ids(client, context)[:64]
     drafter.daemon_idle(False)
     beside_verify = draft_s_per_token(drafter, ids)
     idle = 0.0
+    drafter.daemon_idle(True)  # the prompt at its fastest: on every core the client may take
+    prefill = draft_prefill_s_per_token(drafter, ids)
     if drafter.idle_threads != drafter.n_threads:  # the client takes the daemon's cores too
-        drafter.daemon_idle(True)
         idle = draft_s_per_token(drafter, ids)
-        drafter.daemon_idle(False)
+    drafter.daemon_idle(False)
     return Components(
         draft_s_per_token=beside_verify,
         verify=verify_cost(alone.model, verify_threads, context),
         verify_threads=verify_threads, generate_step_s=step(1),
         round_trip_s={rtt: ping_s(link) for rtt, link in links.items()},
-        context_tokens=len(context), k_max=client.policy.k_max, draft_idle_s_per_token=idle)
+        context_tokens=len(context), k_max=client.policy.k_max, draft_idle_s_per_token=idle,
+        draft_prefill_s_per_token=prefill)
 
 
 def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: int,
@@ -260,6 +274,7 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
                                            stats_of[method], seed)
                     tallies[method].seconds += time.perf_counter() - t0
                     tallies[method].tokens += len(out)
+                    tallies[method].prompt_tokens += len(ids)
                     tallies[method].outputs.append(out)
                 progress.advance(task)
         # Parts again after the runs: load on a shared box comes and goes, and each part
@@ -304,7 +319,8 @@ def summarize(tallies: dict[str, Tally], stats_of: dict[str, Any], components: C
         "bytes_per_round": round(stats.bytes_per_round, 1),
         "ideal_speedup": round(expected_tokens(alpha, round(mean_k)), 3),
         "bound": {
-            "edgespec": bound_fields(spec.tok_s, spec.tokens, stats.open_s, parts, alpha,
+            "edgespec": bound_fields(spec.tok_s, spec.tokens, stats.open_s + spec.prompt_tokens
+                                     * components.draft_prefill_s_per_token, parts, alpha,
                                      components.k_max, pipeline),
             "daemon_k0": bound_fields(zero.tok_s, zero.tokens, k0.open_s, parts, 0.0, 0,
                                       False),
@@ -359,7 +375,8 @@ def summarize_rtt(tallies: dict[str, Tally], stats_of: dict[str, Any],
             if stats.tree_rounds else 0.0,
             "mean_tree_depth": round(stats.tree_depth / stats.tree_rounds, 2)
             if stats.tree_rounds else 0.0,
-            "bound": bound_fields(tally.tok_s, tally.tokens, stats.open_s,
+            "bound": bound_fields(tally.tok_s, tally.tokens, stats.open_s + tally.prompt_tokens
+                                  * components.draft_prefill_s_per_token,
                                   components.parts(rtt), alpha, components.k_max, pipeline),
         }
         chain = tallies.get(f"chain@{rtt:g}")

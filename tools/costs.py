@@ -39,6 +39,23 @@ def draft_s_per_token(drafter: Any, context: Sequence[int], n: int = 32,
     return fastest_seconds(run, repeats) / n
 
 
+def draft_prefill_s_per_token(drafter: Any, context: Sequence[int], repeats: int = 3) -> float:
+    """The drafter's seconds per prompt token reading ``context`` into an empty cache in one
+    batch (its current threads)."""
+    other = [2 if int(context[0]) == 1 else 1]  # another first token: the next sync reads all
+
+    def run() -> None:
+        drafter.sync(other)
+        t0 = time.perf_counter()
+        drafter.sync(context)
+        seconds.append(time.perf_counter() - t0)
+
+    seconds: list[float] = []
+    for _ in range(repeats + 1):  # the first is a warm-up
+        run()
+    return min(seconds[1:]) / len(context)
+
+
 def verify_cost(model: Any, threads: int, context: Sequence[int],
                 widths: Sequence[int] = WIDTHS, repeats: int = 5) -> VerifyCost:
     """``V(w)``: one transformers forward over ``w`` new tokens after a cached ``context``,
