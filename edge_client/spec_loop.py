@@ -70,8 +70,7 @@ def speculate(
             # ---- draft k tokens (a chain, or a tree up to depth k); a chain's head may
             # already be drafted from the last round
             k = policy.next_k(max_new_tokens - generated)
-            hits = policy.acceptance ** (k + 1) if pipeline else 0.0  # look-ahead holds
-            form = shape.next(k, policy.timed, max_new_tokens - generated - 1, hits)
+            form = shape.next(k, policy.timed, max_new_tokens - generated - 1, pipeline)
             k = form.depth
             tree = form.mode == TREE
             ahead = [] if tree else ahead[:k]
@@ -167,7 +166,8 @@ def speculate(
                            arrived_at - sent_at, width=len(draft) + 1,
                            idle_draft_s_per_token=fresh_s_per_token if was_idle else 0.0)
             stats.tree_side_paths += int(tree and chain_accepted < verdict.accepted)
-            shape.observe(form.mode, len(new), arrived_at - round_start, verdict.budget)
+            shape.observe(form.mode, len(new), arrived_at - round_start, verdict.budget,
+                          0 if tree else len(draft), 0 if tree else verdict.accepted)
             round_start = arrived_at
             tokens.extend(new)
             generated += len(new)

@@ -16,26 +16,15 @@ when extra candidates stop paying.
 **Where trees cannot pay, auto does not try them.** A tree is drafted after the verdict
 (which branch the target takes is known only then), so it gives up the chain's look-ahead,
 which hides the whole next draft behind the round trip in a round whose k drafts and bonus
-guess all hold: probability ``h = a^(k+1)`` for the chain policy's acceptance ``a``. While
-``h >= hit_gate`` (0.5) most chain rounds already cost only the trip, and a tree, which
-adds side nodes to draft and verify, would pay for rescuing the few misses with the look-
-ahead of the many hits; auto then stays on chains without exploring (the default pair: a
-about 0.96, k about 8, h about 0.7; the hard pair: a about 0.75, k about 3, h about 0.3).
-A client that does not draft ahead (``--no-pipeline``) passes ``h = 0``.
-
-A tree's shape, from the chain policy's k (``draft_length.py``: the best chain length for
-the measured acceptance, drafting cost and round trip):
-
-    nodes n = min(budget, ceil(node_factor × k), MAX_NODES)
-    depth d = min(ceil(depth_factor × k), n − 1, room)
-
-where ``budget`` is the daemon's VERDICT budget (fewer tokens when it is busy) and ``room``
-the tokens still wanted. A tree goes deeper than the chain: its side branches keep a miss
-from ending the round, so a deeper main branch is reached more often (measured on the hard
-pair, greedy, 5 prompts: chain k = 5 yields 3.30 tokens a round, a tree of 10 nodes to
-depth 5 3.82, 16 to depth 8 4.21, 24 to depth 10 4.58). Where the n − d side nodes go is
-the drafter's business: siblings where the draft is least sure. When there is no room for a
-side node beyond the chain's k (n ≤ k) the round is a chain.
+guess all hold: probability ``h = a^(k+1)``, with ``a`` the per-token acceptance of this
+session's chain rounds (accepted / (accepted + missed rounds), over about the last 20).
+While ``h >= hit_gate`` (0.5) most chain rounds already cost only the trip, and a tree,
+which adds side nodes to draft and verify, would pay for rescuing the few misses with the
+look-ahead of the many hits; auto then stays on chains without exploring. It also waits for
+``gate_after`` (8) chain rounds before trying a tree at all. Measured: the default pair (a
+about 0.96-0.99, k about 8: h 0.69-0.91) stays on chains; the hard pair (a about 0.72-0.8,
+k about 3: h 0.27-0.41) measures both. A client that does not draft ahead
+(``--no-pipeline``) forfeits nothing and is not gated.
 """
 
 from __future__ import annotations
@@ -90,6 +79,11 @@ class TreeShape:
     explore_every: int = 24
     explore_rounds: int = 3
     hit_gate: float = 0.5  # auto stays on chains while a chain round's look-ahead holds this often
+    gate_after: int = 8  # chain rounds seen before auto may try a tree
+    memory: float = 0.95  # per chain round: the acceptance estimate weighs about 20 rounds
+    chain_accepted: float = 0.0  # decayed sums over chain rounds: tokens accepted...
+    chain_misses: float = 0.0  # ...and rounds that ended at a rejection
+    chain_rounds: int = 0
     rates: dict[str, ModeRate] = field(default_factory=lambda: {CHAIN: ModeRate(),
                                                                  TREE: ModeRate()})
     budget: int = 0  # the daemon's last VERDICT budget (0: none said)
@@ -98,22 +92,29 @@ class TreeShape:
     burst: int = 0  # rounds left of the current exploration burst
     burst_mode: str = CHAIN  # the mode it explores
 
+    @property
+    def chain_acceptance(self) -> float:
+        """Per-token acceptance of recent chain rounds (the geometric estimate)."""
+        seen = self.chain_accepted + self.chain_misses
+        return self.chain_accepted / seen if seen else 0.0
+
     def next(self, k: int, timed: bool = True, room: int = MAX_NODES,
-             chain_hits: float = 0.0) -> Shape:
+             pipelined: bool = True) -> Shape:
         """The shape for a round whose best chain length is ``k``, with ``room`` tokens still
         wanted after the target's own. ``timed=False`` (a seeded sampled run, which must
         draw the same tokens every time) keeps "auto" on chains: a sampled tree's siblings
         use other draws than a chain's correction, so a choice made from timings would
-        change the tokens. ``chain_hits``: how often a chain round's look-ahead would hold,
-        ``a^(k+1)`` (0 when the client does not draft ahead); auto keeps chains from
-        ``hit_gate`` up."""
+        change the tokens. ``pipelined``: the client drafts ahead in chain rounds, so auto
+        keeps chains while that look-ahead mostly holds (above)."""
         self.round_no += 1
         nodes = min(math.ceil(self.node_factor * k), MAX_NODES)
         if self.budget > 0:
             nodes = min(nodes, self.budget)
             k = min(k, self.budget)
         depth = min(math.ceil(self.depth_factor * k), nodes - 1, room, MAX_DEPTH)
-        auto_chain = self.shape == AUTO and (not timed or chain_hits >= self.hit_gate)
+        gated = pipelined and (self.chain_rounds < self.gate_after
+                               or self.chain_acceptance ** (k + 1) >= self.hit_gate)
+        auto_chain = self.shape == AUTO and (not timed or gated)
         if self.shape == CHAIN or auto_chain or depth < 1 or nodes <= k:
             return Shape(CHAIN, k, k)
         mode = TREE if self.shape == TREE else self._choose()
@@ -135,9 +136,15 @@ class TreeShape:
             return self.burst_mode
         return best
 
-    def observe(self, mode: str, tokens: int, seconds: float, budget: int) -> None:
-        """Fold in one round: tokens it added, seconds it cost, the daemon's new budget.
-        Only a steady round (the same mode as the round before) counts toward the rates."""
+    def observe(self, mode: str, tokens: int, seconds: float, budget: int, drafted: int = 0,
+                accepted: int = 0) -> None:
+        """Fold in one round: tokens it added, seconds it cost, the daemon's new budget, and
+        for a chain its draft length and accepted tokens. Only a steady round (the same
+        mode as the round before) counts toward the rates."""
+        if mode == CHAIN and drafted > 0:
+            self.chain_accepted = self.memory * self.chain_accepted + accepted
+            self.chain_misses = self.memory * self.chain_misses + (accepted < drafted)
+            self.chain_rounds += 1
         if mode == self.last_mode:
             self.rates[mode].add(tokens, seconds)
         self.last_mode = mode

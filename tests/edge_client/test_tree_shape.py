@@ -1,5 +1,7 @@
 """The chain-or-tree policy: measured rates decide, the daemon's budget caps, both modes are
-measured before comparing, and the losing mode is re-measured now and then."""
+measured before comparing, and the losing mode is re-measured now and then; with drafting
+ahead, auto tries trees only where chain rounds mostly miss (``pipelined=False`` below
+tests the measuring itself, ungated)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ def test_each_mode_is_measured_steadily_before_comparing():
     policy = TreeShape()
     modes = []
     for _ in range(6):
-        shape = policy.next(4)
+        shape = policy.next(4, pipelined=False)
         modes.append(shape.mode)
         policy.observe(shape.mode, 3, 0.1, 0)
     # chain until two steady chain rounds are in, then trees until two steady tree rounds
@@ -39,21 +41,21 @@ def test_the_faster_mode_wins_and_the_other_is_explored_in_bursts():
     policy = TreeShape(explore_every=10, explore_rounds=3)
     feed(policy, CHAIN, 2, 0.1, 2)  # 20 tok/s
     feed(policy, TREE, 4, 0.12, 2)  # 33 tok/s
-    modes = [policy.next(4).mode for _ in range(20)]
+    modes = [policy.next(4, pipelined=False).mode for _ in range(20)]
     assert modes.count(CHAIN) == 4  # rounds 10-12 and 20
     assert modes[9:12] == [CHAIN] * 3  # a burst, so its later rounds are steady
     feed(policy, TREE, 2, 0.2, 20)  # trees stop paying (a busy server, a short round trip)
-    assert [policy.next(4).mode for _ in range(5)] == [CHAIN] * 5
+    assert [policy.next(4, pipelined=False).mode for _ in range(5)] == [CHAIN] * 5
 
 
 def test_the_daemons_budget_caps_the_shape_and_can_force_a_chain():
     policy = TreeShape()
     feed(policy, CHAIN, 2, 0.2, 2, budget=6)
     feed(policy, TREE, 5, 0.1, 2, budget=6)
-    shape = policy.next(4)
+    shape = policy.next(4, pipelined=False)
     assert (shape.mode, shape.depth, shape.nodes) == (TREE, 5, 6)
     policy.observe(TREE, 5, 0.1, 3)  # busy: 3 tokens a round
-    shape = policy.next(4)
+    shape = policy.next(4, pipelined=False)
     assert (shape.mode, shape.depth, shape.nodes) == (CHAIN, 3, 3)
 
 
@@ -87,15 +89,29 @@ def test_a_tree_never_goes_deeper_than_the_tokens_still_wanted():
     assert (shape.mode, shape.depth, shape.nodes) == (TREE, 3, 6)
 
 
+def chain_rounds(policy: TreeShape, n: int, k: int, accepted: int) -> None:
+    for _ in range(n):
+        policy.observe(CHAIN, accepted + 1, 0.1, 0, drafted=k, accepted=accepted)
+
+
 def test_auto_stays_on_chains_while_their_look_ahead_mostly_holds():
-    """Trees give up drafting ahead: at a high hit rate auto never even tries one."""
+    """Trees give up drafting ahead: while a chain round's look-ahead mostly holds, auto
+    never even tries one."""
     policy = TreeShape()
-    feed(policy, CHAIN, 2, 0.2, 2)
-    feed(policy, TREE, 6, 0.1, 2)  # trees measured faster...
-    assert policy.next(4, chain_hits=0.3).mode == TREE
-    # ...but with 0.96 acceptance at k = 8 (0.96^9 = 0.69) chains hide the next draft
-    assert [policy.next(8, chain_hits=0.96 ** 9).mode for _ in range(30)] == [CHAIN] * 30
-    fresh = TreeShape()
-    modes = [fresh.next(8, chain_hits=0.7).mode for _ in range(50)]
-    assert modes == [CHAIN] * 50  # no exploration either
-    assert TreeShape(shape=TREE).next(8, chain_hits=0.9).mode == TREE  # forced stays forced
+    chain_rounds(policy, 20, 8, 8)
+    chain_rounds(policy, 1, 8, 3)  # 0.96-0.99 per token: 0.99^9 holds in most rounds
+    assert policy.chain_acceptance > 0.95
+    assert [policy.next(8).mode for _ in range(50)] == [CHAIN] * 50  # no exploring either
+    assert policy.next(8, pipelined=False).mode == TREE  # no look-ahead to lose
+    assert TreeShape(shape=TREE).next(8).mode == TREE  # forced stays forced
+
+
+def test_auto_tries_trees_where_chains_mostly_miss():
+    policy = TreeShape()
+    assert policy.next(3).mode == CHAIN  # too few chain rounds seen
+    for _ in range(4):  # the hard pair: about 2 of 3 drafts accepted a round
+        chain_rounds(policy, 1, 3, 3)
+        chain_rounds(policy, 2, 3, 1)
+    assert 0.6 < policy.chain_acceptance < 0.8
+    feed(policy, TREE, 4, 0.1, 2)
+    assert policy.next(3).mode == TREE
