@@ -61,6 +61,7 @@ def speculate(
     stops = set(stop_ids)
     open_seq = _send_open(link, session_id, tokens, max_new_tokens, trace, sampling)
     shape = shape or TreeShape(shape=CHAIN)
+    shape.begin()
     opened = False
     ahead: list[int] = []  # drafted (and evaluated) beyond ``tokens`` during the last round
     generated = 0

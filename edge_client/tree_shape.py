@@ -136,6 +136,11 @@ class TreeShape:
             return self.burst_mode
         return best
 
+    def begin(self) -> None:
+        """A new answer: its first round carries the prompt's prefill and has nothing drafted
+        ahead, so it is not a steady round of either mode."""
+        self.last_mode = ""
+
     def observe(self, mode: str, tokens: int, seconds: float, budget: int, drafted: int = 0,
                 accepted: int = 0) -> None:
         """Fold in one round: tokens it added, seconds it cost, the daemon's new budget, and

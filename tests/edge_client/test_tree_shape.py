@@ -115,3 +115,15 @@ def test_auto_tries_trees_where_chains_mostly_miss():
     assert 0.6 < policy.chain_acceptance < 0.8
     feed(policy, TREE, 4, 0.1, 2)
     assert policy.next(3).mode == TREE
+
+
+def test_the_first_round_of_an_answer_is_not_steady():
+    """It carries the prompt's prefill: counting it would make its mode look slow."""
+    policy = TreeShape()
+    feed(policy, CHAIN, 3, 0.1, 2)
+    before = policy.rates[CHAIN].rounds
+    policy.begin()
+    policy.observe(CHAIN, 3, 2.0, 0)  # the prompt's round
+    assert policy.rates[CHAIN].rounds == before
+    policy.observe(CHAIN, 3, 0.1, 0)
+    assert policy.rates[CHAIN].rounds == before + 1
