@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,10 @@ def test_loopback_daemon_and_client_split_the_cores(auto_daemon, draft_gguf, che
         d = stats.as_dict()
         assert (d["draft_threads"], d["daemon_threads"], d["thread_split"]) == (
             client.drafter.n_threads, want_daemon, "same machine")
+        # between rounds the draft also takes the daemon's cores (up to all of them)
+        cores = client.drafter.n_threads + want_daemon
+        assert d["idle_draft_threads"] == client.drafter.idle_threads == min(
+            cores, len(os.sched_getaffinity(0)))
     finally:
         client.close()
 
@@ -47,5 +52,6 @@ def test_explicit_client_threads_win(auto_daemon, draft_gguf):
                                      threads=3))
     try:
         assert (client.threads.reason, client.drafter.n_threads) == ("explicit", 3)
+        assert client.drafter.idle_threads == 3  # and are not widened between rounds
     finally:
         client.close()
