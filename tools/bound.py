@@ -35,10 +35,16 @@ the largest. So the bound is ``max_k E(k) / C(k)`` over 0 <= k <= ``k_max``; k =
 daemon decoding alone, one token per round trip, ``1 / (R + V(1))``.
 
 **Many sessions on one server** (``best_batched``): N sessions verified together advance
-in one pass of width N (k + 1), each yielding E(k) tokens, after one prefill over all their
+in one pass of width N (k + 1), each yielding E(k) tokens, after prefilling all their
 prompt tokens P. For T generated tokens in all (sessions assumed equally long, which only
-helps), the time is at least ``V(P) + T V(N (k + 1)) / (N E(k))``; the bound is T over the
-least such time, over k. At k = 0 it is what any target-only engine could reach.
+helps), the time is at least ``F(P) + T V(N (k + 1)) / (N E(k))``; the bound is T over the
+least such time, over k. At k = 0 it is what any target-only engine could reach. ``F(P)``
+is the least time P prompt tokens take in passes of any widths: one pass when P is within
+the measured widths, else P at the cheapest measured cost per token (``V`` is linear
+between measured widths, so ``V(w) / w`` is least at one of them). One pass of all of P
+would overstate it: N separate prompts are not one long sequence, whose attention grows
+with its square (measured: 64 sessions' 3,800 prompt tokens as one pass would cost more
+than the whole run took).
 
 Measured / bound says how much of what this machine allows a run achieved. What the bound
 leaves out on purpose: the daemon's own overhead beyond a plain forward, prefill, and
@@ -71,6 +77,14 @@ class VerifyCost:
         if widths[0] < 1:
             raise ValueError("widths start at 1")
         return cls(widths, tuple(float(table[w]) for w in widths))
+
+    def fill(self, tokens: int) -> float:
+        """``F(P)``: the least seconds ``tokens`` prompt tokens take in passes of any widths."""
+        if tokens <= 0:
+            return 0.0
+        per_token = min(s / w for w, s in zip(self.widths, self.seconds, strict=True))
+        direct = self(tokens) if tokens <= self.widths[-1] else float("inf")
+        return min(direct, tokens * per_token) if tokens > self.widths[0] else self(tokens)
 
     def __call__(self, width: int) -> float:
         ws, ss = self.widths, self.seconds
@@ -143,7 +157,7 @@ def best_batched(verify: VerifyCost, a: float, sessions: int, tokens: int,
 
     def tok_s(k: int) -> float:
         per_step = sessions * expected_tokens(a, k)
-        seconds = verify(max(1, prompt_tokens)) + tokens * verify(sessions * (k + 1)) / per_step
+        seconds = verify.fill(prompt_tokens) + tokens * verify(sessions * (k + 1)) / per_step
         return tokens / seconds
 
     k = max(range(k_max + 1), key=tok_s)

@@ -122,3 +122,14 @@ def test_batching_drafts_pays_when_passes_are_cheap_per_token():
     steep = VerifyCost.from_table({1: 0.05, 2: 0.1})  # every token costs a full pass
     assert best_batched(flat, 0.8, 16, 1600, 256, 16)[1] > 0
     assert best_batched(steep, 0.8, 16, 1600, 256, 16)[1] == 0
+
+
+def test_prefill_of_many_prompts_is_charged_at_the_cheapest_width_not_as_one_sequence():
+    v = VerifyCost.from_table({1: 0.05, 256: 0.5, 1088: 2.8})  # 1.95 / 2.57 ms a token
+    assert v.fill(0) == 0.0
+    assert v.fill(1) == pytest.approx(0.05)
+    assert v.fill(100) == pytest.approx(min(v(100), 100 * 0.5 / 256))
+    assert v.fill(3840) == pytest.approx(3840 * 0.5 / 256)  # not V(3840), far beyond
+    assert v.fill(3840) < v(3840)
+    tok_s, _ = best_batched(v, 0.0, sessions=64, tokens=3000, prompt_tokens=3840, k_max=0)
+    assert tok_s == pytest.approx(3000 / (3840 * 0.5 / 256 + 3000 / 64 * v(64)))
