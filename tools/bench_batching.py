@@ -199,7 +199,7 @@ def batch_verify_cost(target: str, threads: int, context: list[int]) -> VerifyCo
 
 def run_batching(counts: list[int], traces: dict[str, Path], threads: int, workdir: Path,
                  progress: Progress) -> dict[str, Any]:
-    """Every system at every N, against one verifyd (and one engine process per N)."""
+    """Every system at every N, each against a fresh verifyd (the engine: its own process)."""
     from edgespec.models.convert import resolve_target
     from edgespec.models.paths import default_cache_dir
     from edgespec.tools.daemon_proc import start_daemon
@@ -215,40 +215,52 @@ def run_batching(counts: list[int], traces: dict[str, Path], threads: int, workd
     eos = GenerationConfig.from_pretrained(target).eos_token_id
     eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
     stats_path = workdir / "stats.json"
-    daemon = start_daemon(target, workdir / "verifyd-batching.log", *load_limits(max(counts)),
-                          "--stats-file", str(stats_path), threads=threads)
-    pid = daemon.process.pid
+    # Warm-up on a prompt no run uses (the first one reversed: its one round diverges and
+    # the session stops), so no system finds the prompts it is measured on already cached.
+    warm = [dict(r) for r in as_target_only(recorded["default"][0])]
+    warm[0]["tokens"] = list(reversed(warm[0]["tokens"]))
+
+    def fresh_daemon() -> Any:
+        """A new verifyd for every system and N: one daemon's prefix cache would hand each
+        later run the prompts' KV for free (the engine, in its own process, gets none)."""
+        daemon = start_daemon(target, workdir / "verifyd-batching.log",
+                              *load_limits(max(counts)), "--stats-file", str(stats_path),
+                              threads=threads)
+        replay(daemon.endpoint, [warm], 1, "fast", 600.0)
+        return daemon
+
     results: dict[str, Any] = {}
-    try:
-        replay(daemon.endpoint, recorded["default"], 1, "fast", 600.0)  # warm-up
-        task = progress.add_task("sessions", total=len(counts) * len(SYSTEMS))
-        for n in counts:
-            row: dict[str, Any] = {}
-            for system in SYSTEMS:
-                pair = "hard" if system == "edgespec_hard" else "default"
-                # One distinct prompt a session; past the recorded count, copies (flagged).
-                sessions = [recorded[pair][i % len(recorded[pair])] for i in range(n)]
-                if system == "cb_engine":
-                    row[system] = run_engine(target, threads, sessions, eos_ids, workdir)
-                else:
-                    if system == "verifyd_k0":
-                        sessions = [as_target_only(records) for records in sessions]
+    task = progress.add_task("sessions", total=len(counts) * len(SYSTEMS))
+    for n in counts:
+        row: dict[str, Any] = {}
+        for system in SYSTEMS:
+            pair = "hard" if system == "edgespec_hard" else "default"
+            # One distinct prompt a session; past the recorded count, copies (flagged).
+            sessions = [recorded[pair][i % len(recorded[pair])] for i in range(n)]
+            if system == "cb_engine":
+                row[system] = run_engine(target, threads, sessions, eos_ids, workdir)
+            else:
+                if system == "verifyd_k0":
+                    sessions = [as_target_only(records) for records in sessions]
+                daemon = fresh_daemon()
+                try:
                     row[system] = measure(partial(replay, daemon.endpoint, sessions, n,
-                                                  "fast", 600.0), stats_path, pid)
-                drafted = system.startswith("edgespec")
-                add_bound(row[system], verify, acceptance(sessions) if drafted else 0.0, n,
-                          sum(len(records[0]["tokens"]) for records in sessions),
-                          16 if drafted else 0)
-                progress.advance(task)
-            row["verify_ms_by_width"] = {str(w): round(1000 * t, 1) for w, t in
-                                         zip(verify.widths, verify.seconds, strict=True)}
-            base = row["cb_engine"]["tok_s"]
-            row["vs_engine"] = {s: round(row[s]["tok_s"] / base, 3) if base else 0.0
-                                for s in SYSTEMS}
-            row["distinct_prompts"] = min(n, *(len(r) for r in recorded.values()))
-            results[str(n)] = row
-    finally:
-        daemon.stop()
+                                                  "fast", 600.0), stats_path,
+                                          daemon.process.pid)
+                finally:
+                    daemon.stop()
+            drafted = system.startswith("edgespec")
+            add_bound(row[system], verify, acceptance(sessions) if drafted else 0.0, n,
+                      sum(len(records[0]["tokens"]) for records in sessions),
+                      16 if drafted else 0)
+            progress.advance(task)
+        row["verify_ms_by_width"] = {str(w): round(1000 * t, 1) for w, t in
+                                     zip(verify.widths, verify.seconds, strict=True)}
+        base = row["cb_engine"]["tok_s"]
+        row["vs_engine"] = {s: round(row[s]["tok_s"] / base, 3) if base else 0.0
+                            for s in SYSTEMS}
+        row["distinct_prompts"] = min(n, *(len(r) for r in recorded.values()))
+        results[str(n)] = row
     return results
 
 
