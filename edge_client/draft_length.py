@@ -2,9 +2,11 @@
 
 With per-token acceptance probability a, a draft of k tokens yields on average
 (1 - a^(k+1)) / (1 - a) tokens (accepted prefix plus the target's own token). A round costs
-k drafting steps plus one round trip R (wire + verification). When drafting is pipelined,
-a round whose draft and bonus guess all hold (probability about a^(k+1)) overlaps the next
-draft with the round trip and costs max(k * t_draft, R); any other round costs the sum.
+k + 1 draft evaluations (its k tokens and the target's own, which the draft reads before
+drafting on) plus one round trip R (wire + verification). When drafting is pipelined, a
+round whose draft and bonus guess all hold (probability about a^(k+1)) overlaps the next
+draft with the round trip and costs max((k + 1) * t_draft, R); any other round costs the
+sum.
 Drafting with nothing in flight may run on more cores (``t_idle``, see ``round_seconds``).
 We pick the k that maximises tokens per second under these running estimates; the
 benchmark's bound (``tools/bound.py``) uses the same round cost with measured parts.
@@ -26,18 +28,22 @@ def round_seconds(k: int, a: float, t_draft: float, trip: float, pipelined: bool
                   t_idle: float = 0.0) -> float:
     """Expected seconds of one round of draft length ``k`` (derivation: ``tools/bound.py``).
 
-    ``t_draft``: seconds a draft token while a verify may run beside it; ``t_idle`` (0: the
-    same): with nothing of ours in flight, when a client on the daemon's machine also takes
-    its cores. Sequential: ``k t_idle + trip``. Pipelined: a round whose drafts and bonus
-    guess all hold (``a^(k+1)``) costs the trip plus the drafting that did not fit in it,
-    done after the verdict at ``t_idle``; any other round costs the sum.
+    ``t_draft``: seconds a draft evaluation while a verify may run beside it; ``t_idle`` (0:
+    the same): with nothing of ours in flight, when a client on the daemon's machine also
+    takes its cores. A round with ``k >= 1`` costs the draft ``k + 1`` evaluations: its k
+    tokens and the target's own token, which the draft must read before it can draft on
+    (k = 0 leaves the draft idle). Sequential: ``(k + 1) t_idle + trip``. Pipelined: a round
+    whose drafts and bonus guess all hold (``a^(k+1)``) costs the trip plus the drafting
+    that did not fit in it, done after the verdict at ``t_idle``; any other round costs the
+    sum.
     """
     t_idle = t_idle or t_draft
+    evals = k + 1 if k > 0 else 0
     if not pipelined:
-        return k * t_idle + trip
+        return evals * t_idle + trip
     hit = a ** (k + 1)
-    overhang = max(0.0, k * t_draft - trip) * (t_idle / t_draft if t_draft else 1.0)
-    return hit * (trip + overhang) + (1.0 - hit) * (k * t_idle + trip)
+    overhang = max(0.0, evals * t_draft - trip) * (t_idle / t_draft if t_draft else 1.0)
+    return hit * (trip + overhang) + (1.0 - hit) * (evals * t_idle + trip)
 
 
 @dataclass(slots=True)

@@ -17,16 +17,21 @@ P(j) = a^j (1 - a) for j < k and a^k for j = k; the round yields j + 1 tokens, s
 
     E(k) = sum_{j=0..k} a^j = (1 - a^(k+1)) / (1 - a).
 
-**Sequential** (draft, then send, then wait): a round costs ``C(k) = k t_i + R + V(k+1)``.
+**The draft's work a round.** Every token the answer gains must be read by the draft before
+it can draft past it: the k drafts are read as they are made, and the target's own token
+(the bonus, or the correction after a miss) costs one more evaluation. So a round with
+k >= 1 costs the draft ``n = k + 1`` evaluations; at k = 0 the draft is idle.
+
+**Sequential** (draft, then send, then wait): a round costs ``C(k) = n t_i + R + V(k+1)``.
 
 **Pipelined** (the client drafts the next round while this one is in flight): the tokens
 drafted ahead are usable only when all ``k`` drafts and the draft's guess of the target's
 bonus token hold, probability ``h = a^(k+1)``. Then the round costs the trip ``T = R +
 V(k+1)`` plus whatever drafting did not fit in it, done after the verdict at ``t_i``:
-``T + max(0, k t_d - T) t_i / t_d`` (with ``t_i = t_d`` this is ``max(k t_d, T)``);
+``T + max(0, n t_d - T) t_i / t_d`` (with ``t_i = t_d`` this is ``max(n t_d, T)``);
 otherwise drafting and the trip in turn:
 
-    C_p(k) = h (T + max(0, k t_d - T) t_i / t_d) + (1 - h) (k t_i + T).
+    C_p(k) = h (T + max(0, n t_d - T) t_i / t_d) + (1 - h) (n t_i + T).
 
 **Why one k is optimal.** Acceptance is independent across rounds, so rounds are renewal
 cycles: over many rounds tokens/s = sum(tokens) / sum(seconds) -> E[tokens] / E[cost], and a

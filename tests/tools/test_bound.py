@@ -41,10 +41,12 @@ def test_full_acceptance_with_free_drafting_takes_the_longest_draft():
 
 
 def test_sequential_round_is_drafting_plus_trip_plus_verify():
+    """k = 4 drafts and the target's own token: 5 draft evaluations a round."""
     parts = Parts(0.01, VerifyCost.from_table({1: 0.03, 5: 0.07}), round_trip_s=0.02)
-    assert round_cost(parts, 0.5, 4, pipelined=False) == pytest.approx(0.04 + 0.02 + 0.07)
+    assert round_cost(parts, 0.5, 4, pipelined=False) == pytest.approx(0.05 + 0.02 + 0.07)
     expected = (1 - 0.5 ** 5) / 0.5
-    assert rate(parts, 0.5, 4, pipelined=False) == pytest.approx(expected / 0.13)
+    assert rate(parts, 0.5, 4, pipelined=False) == pytest.approx(expected / 0.14)
+    assert round_cost(parts, 0.5, 0, pipelined=False) == pytest.approx(0.02 + 0.03)
 
 
 def test_pipelining_hides_drafting_only_when_the_round_hits():
@@ -53,7 +55,7 @@ def test_pipelining_hides_drafting_only_when_the_round_hits():
     hit = a ** 5
     seq = round_cost(parts, a, k, pipelined=False)
     pipe = round_cost(parts, a, k, pipelined=True)
-    assert pipe == pytest.approx(hit * 0.10 + (1 - hit) * 0.14)
+    assert pipe == pytest.approx(hit * 0.10 + (1 - hit) * 0.15)
     assert pipe < seq
 
 
@@ -61,14 +63,14 @@ def test_idle_cores_speed_the_drafting_no_verify_overlaps():
     """t_i: a fresh draft after a miss, and what the look-ahead did not reach, run on the
     daemon's cores too; what drafting overlaps the trip stays at t_d."""
     parts = Parts(0.02, FLAT, round_trip_s=0.0, draft_idle_s_per_token=0.01)
-    a, k = 0.8, 4  # k t_d = 0.08 > the 0.05 trip: 0.03 of it after the verdict, at half cost
+    a, k = 0.8, 4  # 5 evaluations: 0.10 > the 0.05 trip: 0.05 of it after, at half cost
     hit = a ** 5
-    assert round_cost(parts, a, k, pipelined=False) == pytest.approx(0.04 + 0.05)
+    assert round_cost(parts, a, k, pipelined=False) == pytest.approx(0.05 + 0.05)
     assert round_cost(parts, a, k, pipelined=True) == pytest.approx(
-        hit * (0.05 + 0.015) + (1 - hit) * (0.04 + 0.05))
+        hit * (0.05 + 0.025) + (1 - hit) * (0.05 + 0.05))
     same = Parts(0.02, FLAT, round_trip_s=0.0)
     assert round_cost(same, a, k, pipelined=True) == pytest.approx(
-        hit * 0.08 + (1 - hit) * (0.08 + 0.05))
+        hit * 0.10 + (1 - hit) * (0.10 + 0.05))
     assert best(parts, a, 16).pipelined_tok_s > best(same, a, 16).pipelined_tok_s
 
 
