@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from edgespec.edge_client.transport import Link
+from edgespec.edge_client.transport import Link, Liveness
 from edgespec.wire import curve
 from edgespec.wire.codec import Welcome, decode, encode
 from edgespec.wire.errors import AuthFailed
@@ -103,7 +103,8 @@ def keys(tmp_path):
 def hello_from(endpoint: str, server_key: str | None, client_key: Path | None) -> Welcome:
     cc = curve.CurveClient.create(server_key, str(client_key) if client_key else None) \
         if server_key else None
-    link = Link(endpoint, timeout_s=5.0, curve=cc)
+    # 20 s: a loaded CI box once took over 5 s to complete an admitted handshake
+    link = Link(endpoint, timeout_s=20.0, curve=cc, liveness=Liveness(connect_timeout_s=20.0))
     try:
         return link.hello(FP)
     finally:
