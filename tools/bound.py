@@ -112,10 +112,6 @@ class Parts:
     round_trip_s: float
     draft_idle_s_per_token: float = 0.0  # t_i; 0: the same as ``draft_s_per_token``
 
-    @property
-    def idle_draft_s(self) -> float:
-        return self.draft_idle_s_per_token or self.draft_s_per_token
-
 
 @dataclass(frozen=True, slots=True)
 class Bound:
@@ -136,7 +132,8 @@ class Bound:
 def round_cost(parts: Parts, a: float, k: int, pipelined: bool) -> float:
     """Expected seconds of one round with draft length ``k``."""
     trip = parts.round_trip_s + parts.verify(k + 1)
-    return round_seconds(k, a, parts.draft_s_per_token, trip, pipelined, parts.idle_draft_s)
+    return round_seconds(k, a, parts.draft_s_per_token, trip, pipelined,
+                         parts.draft_idle_s_per_token)
 
 
 def rate(parts: Parts, a: float, k: int, pipelined: bool) -> float:
