@@ -8,6 +8,7 @@ ids are not compared (the distributions are: tests/integration/test_sampling.py)
     tools/bench [--pairs default,hard,cross] [--sets chat,humaneval] [--sampling] [--json]
     tools/bench --rtt 0,20,50,100 [--json]   (edgespec through tools/relay at each RTT)
     tools/bench batching --sessions 1,4,16,64 [--json]      (see bench_batching.py)
+    tools/bench budget --sessions 16,64 [--json]            (see bench_budget.py)
     tools/bench distribution [--pair default|tiny] [--draws 10000]  (bench_distribution.py)
 """
 
@@ -26,6 +27,7 @@ import click
 from edgespec.edge_client.draft_length import expected_tokens
 from edgespec.models.cpu import cpu_model, usable_cores
 from edgespec.tools.bench_batching import batching
+from edgespec.tools.bench_budget import budget
 from edgespec.tools.bench_distribution import distribution, pair_paths
 from edgespec.tools.bound import Parts, VerifyCost, best
 from rich.console import Console
@@ -578,6 +580,7 @@ def main(ctx: click.Context, pairs: str, sets_: str, n: int, max_tokens: int,
 
 
 main.add_command(batching)
+main.add_command(budget)
 main.add_command(distribution)
 
 if __name__ == "__main__":

@@ -81,9 +81,10 @@ def load_limits(sessions: int) -> list[str]:
 
 
 def record_traces(target: Path, draft: Path, path: Path, prompts: int, max_tokens: int,
-                  workdir: Path) -> None:
+                  workdir: Path, client_flags: tuple[str, ...] = ()) -> None:
     """Real client, real daemon (a core each), k up to 16: one distinct prompt a session,
-    the chat set first (12 prompts at most), then HumanEval."""
+    the chat set first (12 prompts at most), then HumanEval; ``client_flags`` go to
+    ``edgespec generate`` (e.g. a draft shape)."""
     from edgespec.tools.bench import load_prompts
     from edgespec.tools.daemon_proc import start_daemon
 
@@ -99,7 +100,8 @@ def record_traces(target: Path, draft: Path, path: Path, prompts: int, max_token
         subprocess.run([sys.executable, "-m", "edgespec.edge_client.cli", "generate",
                         "--server", daemon.endpoint, "--draft", str(draft), "--threads", "1",
                         "--prompt-file", str(prompt_file), "--max-tokens", str(max_tokens),
-                        "--trace", str(path), "--json"], check=True, capture_output=True,
+                        "--trace", str(path), "--json", *client_flags], check=True,
+                       capture_output=True,
                        timeout=3600)
     finally:
         daemon.stop()

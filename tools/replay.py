@@ -9,7 +9,7 @@ answer, and the rest of that session no longer applies. A target-only replay of 
 session draws its own tokens, so its verdicts are not checked.
 
     tools/replay run TRACE... --server tcp://HOST:5557 [--sessions 8] [--concurrency N]
-                 [--pace recorded|fast] [--target-only] [--json]
+                 [--pace recorded|fast] [--target-only | --honour-budget] [--json]
     tools/replay summary TRACE... [--json]
     tools/replay what-if [--shape tiny|llama-3-8b | --target DIR] [--alphas 0.6,0.8]
                  [--draft-tokens 4,8] [--sessions 1,16,64]      (tools/what_if.py)
@@ -259,10 +259,12 @@ class Replayer:
 
 def replay(endpoint: str, recorded: list[list[Record]], n: int, pace: str,
            timeout_s: float, concurrency: int | None = None,
-           curve: CurveClient | None = None) -> tuple[Tally, float]:
+           curve: CurveClient | None = None,
+           replayer: type[Replayer] = Replayer) -> tuple[Tally, float]:
     """N sessions cycling through the recorded ones, ``concurrency`` at a time (default: all
-    at once; 1: one after another); return the tally and the wall time."""
-    replayers = [Replayer(endpoint, recorded[i % len(recorded)], pace, timeout_s, curve)
+    at once; 1: one after another); return the tally and the wall time. ``replayer``:
+    ``budget_replay.BudgetReplayer`` cuts each draft to the daemon's budget."""
+    replayers = [replayer(endpoint, recorded[i % len(recorded)], pace, timeout_s, curve)
                  for i in range(n)]
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency or n) as pool:
@@ -307,6 +309,9 @@ def main() -> None:
               help="Sessions in flight at once [default: all; 1 = one after another].")
 @click.option("--target-only", is_flag=True,
               help="Replay the recorded answers with draft length 0 (one token per round).")
+@click.option("--honour-budget", is_flag=True,
+              help="Cut each draft to the budget of the daemon's last VERDICT, as a live "
+                   "client does (greedy traces; tools/budget_replay.py).")
 @click.option("--timeout", type=float, default=120.0, show_default=True,
               help="Seconds to wait for each reply.")
 @click.option("--server-key", default=None,
@@ -315,8 +320,8 @@ def main() -> None:
               help="Our .key_secret, when the daemon has an --allow list.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object as the last stdout line.")
 def run(traces: tuple[str, ...], server: str, n: int | None, concurrency: int | None,
-        pace: str, target_only: bool, timeout: float, server_key: str | None,
-        client_key: str | None, as_json: bool) -> None:
+        pace: str, target_only: bool, honour_budget: bool, timeout: float,
+        server_key: str | None, client_key: str | None, as_json: bool) -> None:
     """Drive a running daemon with the recorded sessions and check its verdicts."""
     recorded = load_sessions(traces)
     if not recorded:
@@ -329,8 +334,10 @@ def run(traces: tuple[str, ...], server: str, n: int | None, concurrency: int | 
         raise click.ClickException(str(exc)) from exc
     except ValueError as exc:  # a client key without a server key
         raise click.UsageError(str(exc)) from exc
+    from edgespec.tools.budget_replay import BudgetReplayer
+
     tally, wall = replay(server, recorded, n or len(recorded), pace, timeout, concurrency,
-                         curve)
+                         curve, BudgetReplayer if honour_budget else Replayer)
     emit(f"replay against {server} ({pace})", summarize(tally, wall), as_json)
 
 

@@ -40,6 +40,11 @@ from edgespec.verify_daemon.config import DaemonConfig
               help="Time budget of a step while users wait for verdicts: prompt prefill is "
                    "cut to fit it, at the measured cost per token (0 = auto: 150 on CPU, 50 "
                    "on CUDA).")
+@click.option("--draft-budget", type=click.Choice(["goodput", "share"]), default="goodput",
+              show_default=True,
+              help="The draft length each VERDICT asks for: share (of a step's tokens), or "
+                   "goodput (the share, and while the server is the bottleneck the draft "
+                   "lengths that verify the most tokens a second; draft_budget.py).")
 @click.option("--block-size", type=int, default=16, help="Tokens per KV block.")
 @click.option("--batch-window-ms", type=float, default=2.0,
               help="How long a step waits for sessions about to send (0 = never).")
@@ -100,8 +105,9 @@ from edgespec.verify_daemon.config import DaemonConfig
 @click.pass_context
 def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dtype: str,
          threads: int, max_sessions: int, max_draft: int, max_context: int, kv_budget: str,
-         step_tokens: int, block_size: int, batch_window_ms: float, session_idle: float,
-         stats_file: str | None, cache_dir: str | None, prepare: bool, keys_dir: str | None,
+         step_tokens: int, draft_budget: str, block_size: int, batch_window_ms: float,
+         session_idle: float, stats_file: str | None, cache_dir: str | None, prepare: bool,
+         keys_dir: str | None,
          allow_dir: str | None, insecure: bool, max_rate: float, max_sessions_per_peer: int,
          max_msg_size: int, hwm: int, heartbeat: float, heartbeat_timeout: float,
          verbose: bool, metrics_port: int | None, metrics_bind: str, step_ms: float,
@@ -156,7 +162,7 @@ def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dty
             step_tokens=step_tokens, step_ms=step_ms, kv_budget_tokens=budget_tokens,
             kv_budget_bytes=budget_bytes, block_size=block_size,
             batch_window_ms=batch_window_ms, session_idle_s=session_idle,
-            stats_file=stats_file or "",
+            stats_file=stats_file or "", draft_budget=draft_budget,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc

@@ -43,6 +43,7 @@ class DaemonConfig:
     retry_after_ms: int = 1000  # hint sent with a busy reply
     batch_window_ms: float = 2.0  # a step waits this long for sessions about to send
     stats_file: str = ""  # rewritten as JSON about once a second when set
+    draft_budget: str = "goodput"  # goodput | share: the VERDICT's budget rule (draft_budget.py)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -62,6 +63,9 @@ class DaemonConfig:
         if self.session_idle_s <= 0 or self.retry_after_ms < 0 or self.batch_window_ms < 0:
             raise ValueError("session_idle_s must be positive, retry_after_ms and "
                              "batch_window_ms not negative")
+
+        if self.draft_budget not in ("goodput", "share"):
+            raise ValueError("draft_budget must be 'goodput' or 'share'")
 
     @property
     def endpoint(self) -> str:

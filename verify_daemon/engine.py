@@ -16,7 +16,12 @@ import numpy as np
 from edgespec.models.cpu import host_id
 from edgespec.models.fingerprint import describe_mismatch
 from edgespec.verify_daemon.config import DaemonConfig
-from edgespec.verify_daemon.draft_budget import draft_budget, drafting_sessions
+from edgespec.verify_daemon.draft_budget import (
+    BUSY,
+    draft_budget,
+    drafting_sessions,
+    goodput_budgets,
+)
 from edgespec.verify_daemon.model_runner import ModelRunner
 from edgespec.verify_daemon.scheduler import Chunk, Scheduler
 from edgespec.verify_daemon.session import Session, Work
@@ -95,6 +100,9 @@ class Engine:
         self.round_shapes: dict[tuple[int, int], int] = {}  # (drafted, accepted) -> rounds
         self.non_finite = 0
         self.superseded: list[Reply] = []  # answers to requests a re-open replaced (server drains)
+        self.utilization = 0.0  # decayed fraction of wall time spent in forward passes
+        self._last_pass = (0.0, 0.0)  # (start, seconds) of the previous forward pass
+        self.goodput_steps = 0  # steps whose budgets came from the goodput rule
 
     # ------------------------------------------------------------ requests
 
@@ -275,16 +283,17 @@ class Engine:
         logits = self.runner.run(batch.chunks)  # [rows, vocab] float32
         elapsed = time.perf_counter() - start
         self.scheduler.observe(batch.num_tokens, elapsed)
+        self._observe_utilization(start, elapsed)
         verify_us = int(elapsed * 1e6)
         now = time.monotonic()
-        budget = draft_budget(self.step_tokens, drafting_sessions(self.sessions.values(), now),
-                              self.config.max_draft_tokens)
+        budgets, share = self._budgets(now) if any(c.logits for c in batch.chunks) \
+            else ({}, 0)
         row = 0
         for chunk in batch.chunks:
             if chunk.logits:
                 n = len(chunk.tokens)
                 replies.append(self._finish_round(chunk, logits[row:row + n], verify_us, now,
-                                                  budget))
+                                                  budgets.get(chunk.session.sid, share)))
                 row += n
             else:
                 reply = self._finish_prefill(chunk, now)
@@ -293,6 +302,29 @@ class Engine:
         self.steps += 1
         self.forward_tokens += batch.num_tokens
         return replies
+
+    def _observe_utilization(self, start: float, seconds: float, memory: float = 0.8) -> None:
+        """How much of the wall time the passes fill: near 1 the server is the bottleneck."""
+        last_start, last_seconds = self._last_pass
+        if last_start:
+            busy = min(1.0, last_seconds / max(start - last_start, 1e-9))
+            self.utilization = memory * self.utilization + (1 - memory) * busy
+        self._last_pass = (start, seconds)
+
+    def _budgets(self, now: float) -> tuple[dict[int, int], int]:
+        """Next round's draft budget by session, and the share for any other
+        (``draft_budget.py``): a share of the step, and while the server is the bottleneck
+        of several drafting sessions, the goodput optimum below it. One session alone is
+        its own client's to size: its policy already weighs the passes it waits for."""
+        active = drafting_sessions(self.sessions.values(), now)
+        share = draft_budget(self.step_tokens, max(1, len(active)),
+                             self.config.max_draft_tokens)
+        if self.config.draft_budget == "share" or self.utilization < BUSY or len(active) < 2:
+            return {}, share
+        self.goodput_steps += 1
+        return goodput_budgets({s.sid: s.acceptance for s in active},
+                               self.scheduler.s_overhead, self.scheduler.s_per_token,
+                               share), share
 
     def _finish_round(self, chunk: Chunk, logits_rows: Any, verify_us: int, now: float,
                       budget: int = 0) -> Reply:
@@ -323,6 +355,7 @@ class Engine:
         session.rounds += 1
         session.drafted += len(draft)
         session.accepted += accepted
+        session.observe_round(accepted, _depth(work.parents) if work.parents else len(draft))
         shape = (len(draft), accepted)  # for verifyd --metrics-port, read at scrape time
         self.round_shapes[shape] = self.round_shapes.get(shape, 0) + 1
         self.scheduler.done(session)
@@ -419,7 +452,8 @@ class Engine:
             "prefix_hit_tokens": self.blocks.prefix_hit_tokens,
             "evictions": s.evictions, "preemptions": s.preemptions, "busy": self.busy,
             "expired": self.expired, "max_wait_steps": s.max_wait_steps,
-            "non_finite": self.non_finite, "step_ms_target": round(s.step_s * 1000, 1),
+            "non_finite": self.non_finite, "utilization": round(self.utilization, 3),
+            "goodput_steps": self.goodput_steps, "step_ms_target": round(s.step_s * 1000, 1),
             "ms_per_token": round(s.s_per_token * 1000, 3),
             "ms_per_step": round(s.s_overhead * 1000, 3),
         }
@@ -447,3 +481,11 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
+
+
+def _depth(parents: list[int]) -> int:
+    """The deepest node of a tree given each node's parent (parents come first)."""
+    depth: list[int] = []
+    for parent in parents:
+        depth.append(1 if parent < 0 else depth[parent] + 1)
+    return max(depth, default=0)

@@ -13,7 +13,6 @@ watches the connections underneath (caps, buffered bytes, who is gone).
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from edgespec.verify_daemon.connections import Connections
 from edgespec.verify_daemon.engine import Engine, Reply
 from edgespec.verify_daemon.epochs import EpochGuard
 from edgespec.verify_daemon.limits import PeerLimiter, PeerLimits
+from edgespec.verify_daemon.outbox import Outbox
 from edgespec.wire import curve
 from edgespec.wire.codec import (
     Close,
@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_MS = 200
+OUTBOX_POLL_MS = 5  # while replies wait for a peer's queue to drain, retry this often
+OUTBOX_BYTES_PER_PEER = 1 << 20  # above the largest reply (a VOCAB chunk, under 512 KiB)
 EXPIRE_EVERY_S = 5.0
 STATS_EVERY_S = 1.0
 MAX_READ_PER_STEP = 4096  # requests read before the next step, so a flood cannot stall it
@@ -89,6 +91,8 @@ class Server:
         else:
             self.socket.bind(endpoint)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.outbox = Outbox(self.socket, self.peer_limits.hwm, OUTBOX_BYTES_PER_PEER,
+                             self.peer_limits.heartbeat_timeout_s)
         self.requests = 0
         self.errors = 0
         self.metrics: Metrics | None = None  # verifyd --metrics-port: fed after each step
@@ -108,8 +112,9 @@ class Server:
         next_stats = time.monotonic()
         try:
             while True:
-                if self.socket.poll(0 if self.engine.has_work else POLL_MS):
+                if self.socket.poll(0 if self.engine.has_work else self._idle_poll_ms):
                     self.serve_ready()
+                self.outbox.flush()
                 if self.engine.has_work:
                     self.gather(self.engine.config.batch_window_ms / 1000.0)
                     self.run_step()
@@ -141,7 +146,12 @@ class Server:
                 "connections_refused": c.refused, "connections_cut_backlog": c.cut_backlog,
                 "sessions_reclaimed": self.engine.scheduler.reclaimed,
                 "epochs_tracked": len(self.epochs.epochs), "rate_buckets": len(self.limiter.peers),
-                "requests": self.requests, "errors": self.errors}
+                "requests": self.requests, "errors": self.errors,
+                "replies_delayed": self.outbox.delayed, "replies_dropped": self.outbox.dropped}
+
+    @property
+    def _idle_poll_ms(self) -> int:
+        return OUTBOX_POLL_MS if self.outbox.pending else POLL_MS
 
     def _is_live(self, sid: int) -> bool:
         return sid in self.engine.sessions
@@ -183,9 +193,10 @@ class Server:
         try:
             done = False
             while not done:  # the worker's byte, not future.done(): that is set a moment later
-                ready = dict(poller.poll(POLL_MS))
+                ready = dict(poller.poll(self._idle_poll_ms))
                 if self.socket in ready:
                     self.serve_ready()
+                self.outbox.flush()
                 if self._wake_r in ready:
                     done = bool(os.read(self._wake_r, 64))
         finally:
@@ -284,15 +295,9 @@ class Server:
             self.epochs.opened(session, epoch)
 
     def reply(self, peer: bytes, frames: list[bytes]) -> None:
-        """Never block on one client: a gone peer or a full queue loses only its own reply."""
-        try:
-            self.socket.send_multipart([peer, *frames], zmq.NOBLOCK)
-        except zmq.Again:
-            log.info("peer %s is not reading (HWM reached): reply dropped", peer.hex())
-        except zmq.ZMQError as exc:
-            if exc.errno != errno.EHOSTUNREACH:
-                raise
-            log.info("peer %s is gone: reply dropped", peer.hex())
+        """Never block on one client: a reply its queue cannot take yet waits in the outbox;
+        a gone peer, or one that stopped reading, loses only its own replies."""
+        self.outbox.send(peer, frames)
 
 
 def _address_of(body: list[bytes]) -> tuple[int, int, int]:

@@ -52,10 +52,22 @@ class Session:
     owner: str = ""  # the CURVE client key that opened it ("" without CURVE): only it may re-open
     address: str = ""  # the source address (an IPv6 /64) of its connection: bounded per address
     epoch: int = 0  # epoch of the OPEN that last (re)built it (epochs.py)
+    hits: float = 0.0  # decayed draft tokens accepted...
+    misses: float = 0.0  # ...and rounds that ended at a rejected one (draft_budget.py)
 
     @property
     def length(self) -> int:
         return len(self.tokens)
+
+    @property
+    def acceptance(self) -> float:
+        """Per-token acceptance of recent rounds, from a prior of 0.8 worth two tokens."""
+        return (self.hits + 1.6) / (self.hits + self.misses + 2.0)
+
+    def observe_round(self, accepted: int, depth: int, memory: float = 0.9) -> None:
+        """One verified round: ``accepted`` of a draft ``depth`` deep (a tree's deepest)."""
+        self.hits = memory * self.hits + accepted
+        self.misses = memory * self.misses + (accepted < depth)
 
     @property
     def to_prefill(self) -> int:

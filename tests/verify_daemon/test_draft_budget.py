@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from edgespec.verify_daemon.draft_budget import ACTIVE_S, draft_budget, drafting_sessions
+from edgespec.verify_daemon.draft_budget import (
+    ACTIVE_S,
+    draft_budget,
+    drafting_sessions,
+    goodput_budgets,
+)
 from edgespec.verify_daemon.session import Session
 from edgespec.wire.codec import SamplingParams
 
@@ -27,5 +32,32 @@ def test_only_open_recently_active_sessions_count():
                 _session(2, 10, 9, now - ACTIVE_S / 2),  # drafting
                 _session(3, 10, 4, now),  # still prefilling
                 _session(4, 10, 9, now - 2 * ACTIVE_S)]  # its client went quiet
-    assert drafting_sessions(sessions, now) == 2
-    assert drafting_sessions([], now) == 1
+    assert [s.sid for s in drafting_sessions(sessions, now)] == [1, 2]
+    assert drafting_sessions([], now) == []
+
+
+def test_goodput_budget_spends_tokens_where_they_pay():
+    # c0 = 20 ms, c1 = 2 ms a token: a sure drafter gets long drafts, a poor one short ones
+    budgets = goodput_budgets({1: 0.95, 2: 0.5, 3: 0.5}, 0.020, 0.002, 32)
+    assert budgets[1] > 8 > budgets[2] == budgets[3] >= 1
+
+
+def _goodput(k: dict[int, int], a: dict[int, float], c0: float, c1: float) -> float:
+    tokens = sum(sum(a[i] ** j for j in range(n + 1)) for i, n in k.items())
+    return tokens / (c0 + c1 * sum(n + 1 for n in k.values()))
+
+
+def test_goodput_budget_is_the_optimum_of_its_formula():
+    """Against every allocation of 0..6 tokens to two sessions (the brute force)."""
+    a, c0, c1 = {1: 0.9, 2: 0.6}, 0.010, 0.003
+    got = goodput_budgets(a, c0, c1, 6)
+    best = max(({1: x, 2: y} for x in range(7) for y in range(7)),
+               key=lambda k: _goodput(k, a, c0, c1))
+    assert _goodput(got, a, c0, c1) >= _goodput(best, a, c0, c1) - 1e-12
+    assert got == {i: max(1, n) for i, n in best.items()}
+
+
+def test_goodput_budget_without_a_cost_model_or_sessions():
+    assert goodput_budgets({1: 0.5}, 0.0, 0.0, 16) == {1: 16}  # no pass measured yet
+    assert goodput_budgets({}, 0.01, 0.001, 16) == {}
+    assert goodput_budgets({1: 0.0, 2: 0.0}, 0.01, 0.001, 16) == {1: 1, 2: 1}  # never 0
