@@ -268,7 +268,7 @@ def replay(endpoint: str, recorded: list[list[Record]], n: int, pace: str,
                  for i in range(n)]
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency or n) as pool:
-        results = list(pool.map(Replayer.run, replayers))
+        results = list(pool.map(lambda r: r.run(), replayers))
     wall = time.perf_counter() - start
     total = Tally()
     for tally in results:
