@@ -4,6 +4,7 @@ tables, so a wrong slot, a stale block or a lost rollback changes its answers.""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ class ScriptedRunner:
         return [self.pool[int(s)] for s in self.blocks.slots(blocks, 0, length)]
 
 
-def make_engine(num_blocks: int = 64, block_size: int = 4, **config: int) -> tuple[
+def make_engine(num_blocks: int = 64, block_size: int = 4, **config: Any) -> tuple[
         Engine, ScriptedRunner]:
     runner = ScriptedRunner(num_blocks, block_size)
     settings: dict = {"max_sessions": 8, "max_draft_tokens": 8, "step_tokens": 64,

@@ -15,7 +15,16 @@ from edgespec.wire.errors import (
     UnknownSession,
 )
 
-from .scripted import FP, VOCAB, make_engine, serve, target_greedy, target_next, tokens
+from .scripted import (
+    FP,
+    VOCAB,
+    make_engine,
+    run_steps,
+    serve,
+    target_greedy,
+    target_next,
+    tokens,
+)
 
 
 def test_hello_checks_the_fingerprint():
@@ -232,3 +241,39 @@ def test_a_reopen_shorter_than_a_shared_block_recomputes_instead_of_overwriting(
     assert runner.cached_tokens(s1.blocks, s1.cached) == edited[:-1]
     verdict = serve(engine, b"b", 2, Draft(s2.length, tokens()), seq=2)
     assert verdict.next_token == target_greedy([*prompt, 5], 1)[0]
+
+
+def _budgets_after_a_round(rule: str, utilization: float) -> dict[int, int]:
+    """Two sessions, one whose drafts always hold and one whose drafts always miss, a few
+    rounds each; then the budget each one's VERDICT carries."""
+    engine, _ = make_engine(step_tokens=64, max_draft_tokens=8,
+                            draft_budget=rule)
+    # the measured share of wall time in passes and pass cost, held where the test sets them
+    engine._observe_utilization = lambda start, seconds: None
+    engine.scheduler.observe = lambda n, seconds: None
+    prompts = {1: [5, 6, 7], 2: [9, 8, 7]}
+    for sid, prompt in prompts.items():
+        serve(engine, b"p", sid, Open(tokens(*prompt), 64))
+    budgets: dict[int, int] = {}
+    for seq in range(2, 8):
+        for sid in prompts:
+            context = engine.sessions[sid].tokens
+            right = target_greedy(context, 4)
+            draft = right if sid == 1 else [(right[0] + 1) % VOCAB, *right[1:]]
+            engine.submit(b"p", sid, seq, Draft(len(context), tokens(*draft)))
+        engine.utilization = utilization
+        engine.scheduler.s_overhead, engine.scheduler.s_per_token = 0.020, 0.004
+        for reply in run_steps(engine):
+            assert isinstance(reply.msg, Verdict)
+            budgets[reply.session] = reply.msg.budget
+    return budgets
+
+
+def test_budget_is_the_share_while_the_server_has_time_to_spare():
+    assert _budgets_after_a_round("goodput", 0.5) == {1: 8, 2: 8}  # min(64 // 2 - 1, 8)
+    assert _budgets_after_a_round("share", 1.0) == {1: 8, 2: 8}
+
+
+def test_a_busy_server_asks_less_of_the_draft_that_misses():
+    budgets = _budgets_after_a_round("goodput", 1.0)
+    assert budgets[1] > budgets[2] == 1
