@@ -17,7 +17,7 @@ from edgespec.edge_client.threads import ThreadSplit, client_threads, is_local_e
 from edgespec.edge_client.trace import TraceWriter
 from edgespec.edge_client.translate import Translation, prepare, speculate_translated
 from edgespec.edge_client.transport import Link, Liveness, expect, new_session_id
-from edgespec.edge_client.tree_shape import TreeShape
+from edgespec.edge_client.tree_shape import MAX_NODES, TreeShape
 from edgespec.models.fingerprint import describe_mismatch, fingerprint_llama
 from edgespec.models.paths import default_cache_dir
 from edgespec.models.vocab import Vocabulary
@@ -60,7 +60,8 @@ class EdgeClient:
         self.threads = ThreadSplit.choose(config.threads, local, self.welcome)
         self.drafter.set_threads(self.threads.draft, self.threads.idle_draft)
         self.policy = self.new_policy(config.draft_tokens)
-        self.shape = TreeShape(shape=config.draft_shape)  # chain or tree, kept across turns
+        self.shape = TreeShape(shape=config.draft_shape,  # chain or tree, kept across turns
+                               max_nodes=min(MAX_NODES, self.welcome.max_draft_tokens))
 
     def new_policy(self, draft_tokens: int) -> DraftLength:
         k_max = min(draft_tokens, self.welcome.max_draft_tokens)

@@ -72,7 +72,7 @@ def speculate(
             # already be drafted from the last round
             k = policy.next_k(max_new_tokens - generated)
             form = shape.next(k, policy.timed, max_new_tokens - generated - 1, pipeline)
-            k = form.depth
+            chain_k, k = k, form.depth  # a tree: what the chain would have been, for traces
             tree = form.mode == TREE
             ahead = [] if tree else ahead[:k]
             t0 = time.perf_counter()
@@ -149,7 +149,7 @@ def speculate(
                 trace.write(round_record(
                     session_id, sent_wall, len(tokens), draft, verdict, arrived_at - sent_at,
                     draft_time, link.bytes_sent - sent0_round,
-                    link.bytes_received - received0_round, q, parents))
+                    link.bytes_received - received0_round, q, parents, chain_k))
             # ---- accept the verified prefix (a tree: the verified path) plus the target's
             # own token; roll back the rest
             new, stopped = verified_tokens(kept, verdict, max_new_tokens - generated, stops)

@@ -66,11 +66,13 @@ def open_record(session_id: int, tokens: Sequence[int], max_new_tokens: int,
 def round_record(session_id: int, t: float, base_length: int, draft: Sequence[int],
                  verdict: Verdict, rtt_s: float, draft_s: float, bytes_sent: int,
                  bytes_received: int, q: SparseQ | None = None,
-                 parents: Sequence[int] | None = None) -> dict[str, Any]:
+                 parents: Sequence[int] | None = None, chain_k: int = 0) -> dict[str, Any]:
     """One DRAFT/VERDICT exchange; the verdict is what a replay must reproduce. A sampled
     draft keeps its q (float32 values are exact in JSON's doubles): with the session's seed
     the daemon's draws are a function of position, so a replay reproduces them too. A tree
-    keeps its nodes' parents and the accepted path (node indices)."""
+    keeps its nodes' parents, the accepted path (node indices) and ``chain_k``, the chain
+    the client would have sent instead (what a budget replay sends when the budget is below
+    the tree: ``tools/budget_replay.py``)."""
     record = {"kind": "round", "session": session_hex(session_id), "t": t,
             "base_length": int(base_length), "draft": [int(x) for x in draft],
             "accepted": verdict.accepted, "next_token": verdict.next_token,
@@ -83,6 +85,7 @@ def round_record(session_id: int, t: float, base_length: int, draft: Sequence[in
     if parents is not None:
         record["parents"] = [int(x) for x in parents]
         record["path"] = [int(x) for x in verdict.path]
+        record["chain_k"] = int(chain_k)
     return record
 
 

@@ -25,6 +25,14 @@ look-ahead of the many hits; auto then stays on chains without exploring. It als
 about 0.96-0.99, k about 8: h 0.69-0.91) stays on chains; the hard pair (a about 0.72-0.8,
 k about 3: h 0.27-0.41) measures both. A client that does not draft ahead
 (``--no-pipeline``) forfeits nothing and is not gated.
+
+**A busy server gets chains.** The daemon's VERDICT budget is below the tree this session
+would draft (``4k`` nodes) only when its step is full or its passes are the bottleneck
+(``verify_daemon/draft_budget.py``). Then every token sent takes time from all users, and a
+tree's side nodes are the tokens least likely to be kept: per token the chain's next one
+yields more, so every shape ("tree" too) drafts a chain of ``min(k, budget)``. Measured
+with the hard pair at 16 and 64 replayed sessions (``tools/bench budget``): trees cut to the
+budget served 0.74-0.92x the chains' tokens/s.
 """
 
 from __future__ import annotations
@@ -74,6 +82,7 @@ class TreeShape:
     budget leaves room for one) or a "chain" (``--draft-shape``)."""
 
     shape: str = AUTO
+    max_nodes: int = MAX_NODES  # the daemon's --max-draft (WELCOME), at most the wire's bound
     node_factor: float = 4.0
     depth_factor: float = 2.0
     explore_every: int = 24
@@ -107,15 +116,17 @@ class TreeShape:
         change the tokens. ``pipelined``: the client drafts ahead in chain rounds, so auto
         keeps chains while that look-ahead mostly holds (above)."""
         self.round_no += 1
-        nodes = min(math.ceil(self.node_factor * k), MAX_NODES)
+        nodes = min(math.ceil(self.node_factor * k), self.max_nodes)
+        # A budget below the tree says the server is the bottleneck: its tokens then go
+        # where each yields the most, the chain's next one (draft_budget.py)
+        squeezed = 0 < self.budget < nodes
         if self.budget > 0:
-            nodes = min(nodes, self.budget)
             k = min(k, self.budget)
         depth = min(math.ceil(self.depth_factor * k), nodes - 1, room, MAX_DEPTH)
         gated = pipelined and (self.chain_rounds < self.gate_after
                                or self.chain_acceptance ** (k + 1) >= self.hit_gate)
         auto_chain = self.shape == AUTO and (not timed or gated)
-        if self.shape == CHAIN or auto_chain or depth < 1 or nodes <= k:
+        if self.shape == CHAIN or auto_chain or squeezed or depth < 1 or nodes <= k:
             return Shape(CHAIN, k, k)
         mode = TREE if self.shape == TREE else self._choose()
         if mode == CHAIN:

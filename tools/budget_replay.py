@@ -11,6 +11,11 @@ node of a tree. Greedy verification keeps every answer checkable, since the acce
 the longest path of draft nodes that spells the target's tokens, and the next token is the
 target's.
 
+A tree whose budget is below its size is sent as the client sends it then
+(``edge_client/tree_shape.py``): a chain of ``min(k, budget)``, the tree's main branch (each
+node's first child: the chain the draft would have made), ``k`` being the chain length the
+client recorded beside the tree (``chain_k``).
+
 Both chains and trees lose by the cut alike (a subtree under a deep node is smaller than a
 fresh tree would be, the rest of a chain shorter than a fresh one), so the comparison of
 the two under one budget leans, if anything, against trees.
@@ -85,6 +90,30 @@ def cut(nodes: list[Node], budget: int, max_depth: int) -> list[Node]:
     return kept
 
 
+def main_branch(nodes: list[Node]) -> list[Node]:
+    """The chain of first children from the root."""
+    first: dict[int, int] = {}
+    for i, (_token, parent) in enumerate(nodes):
+        first.setdefault(parent, i)
+    chain: list[Node] = []
+    at = first.get(-1)
+    while at is not None:
+        chain.append((nodes[at][0], len(chain) - 1))
+        at = first.get(at)
+    return chain
+
+
+def draft_for(record: Record, spelled: list[int], budget: int) -> list[Node]:
+    """What a client drafts ``len(spelled)`` tokens below ``record``'s root under ``budget``
+    (0: none): the recorded draft there, cut as above; [] where it does not reach."""
+    nodes = _nodes(record)
+    below = subtree_at(nodes, spelled) or []
+    if "parents" in record and 0 < budget < len(nodes):
+        chain_k = int(record.get("chain_k") or -(-len(nodes) // 4))
+        return main_branch(below)[:min(chain_k, budget)]
+    return cut(below, budget or len(below), len(below))
+
+
 def greedy_outcome(nodes: list[Node], target: list[int], at: int) -> tuple[int, int]:
     """(accepted, next_token) the daemon must answer for ``nodes`` drafted at ``at``."""
     node, accepted = -1, 0
@@ -129,9 +158,9 @@ class BudgetReplayer(Replayer):
             while r + 1 < len(rounds) and rounds[r + 1]["base_length"] <= at:
                 r += 1
             base = rounds[r]["base_length"] if rounds else at
-            covering = subtree_at(_nodes(rounds[r]), target[base:at]) \
-                if rounds and base <= at else None
-            nodes = cut(covering or [], budget or len(covering or []),
+            covering = draft_for(rounds[r], target[base:at], budget) \
+                if rounds and base <= at else []
+            nodes = cut(covering, len(covering),
                         len(target) - 1 - at)  # the answer must stay inside the recording
             chain = all(p == i - 1 for i, (_, p) in enumerate(nodes))
             draft = Draft(at, [t for t, _ in nodes], None,

@@ -48,15 +48,20 @@ def test_the_faster_mode_wins_and_the_other_is_explored_in_bursts():
     assert [policy.next(4, pipelined=False).mode for _ in range(5)] == [CHAIN] * 5
 
 
-def test_the_daemons_budget_caps_the_shape_and_can_force_a_chain():
+def test_a_budget_below_the_tree_gets_a_chain_of_at_most_the_budget():
     policy = TreeShape()
-    feed(policy, CHAIN, 2, 0.2, 2, budget=6)
-    feed(policy, TREE, 5, 0.1, 2, budget=6)
+    feed(policy, CHAIN, 2, 0.2, 2, budget=16)
+    feed(policy, TREE, 5, 0.1, 2, budget=16)
+    shape = policy.next(4, pipelined=False)  # room for the whole tree: 4k nodes, 2k deep
+    assert (shape.mode, shape.depth, shape.nodes) == (TREE, 8, 16)
+    policy.observe(TREE, 5, 0.1, 6)  # the server is the bottleneck: 6 tokens a round
     shape = policy.next(4, pipelined=False)
-    assert (shape.mode, shape.depth, shape.nodes) == (TREE, 5, 6)
-    policy.observe(TREE, 5, 0.1, 3)  # busy: 3 tokens a round
+    assert (shape.mode, shape.depth, shape.nodes) == (CHAIN, 4, 4)
+    policy.observe(TREE, 5, 0.1, 3)
     shape = policy.next(4, pipelined=False)
     assert (shape.mode, shape.depth, shape.nodes) == (CHAIN, 3, 3)
+    forced = TreeShape(shape=TREE, budget=6)
+    assert forced.next(4).mode == CHAIN  # a forced tree too
 
 
 def test_forced_shapes_and_zero_k():

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 from edgespec.edge_client.trace import TraceError
-from edgespec.tools.budget_replay import cut, greedy_outcome, subtree_at, target_tokens
+from edgespec.tools.budget_replay import (
+    cut,
+    draft_for,
+    greedy_outcome,
+    main_branch,
+    subtree_at,
+    target_tokens,
+)
 
 # a tree drafted at position 2 of [1, 2 | 3, 4, 5, ...]: root children 3 and 7; 3 -> 4 and 8;
 # 4 -> 5
@@ -54,3 +61,20 @@ def test_the_expected_answer_is_the_longest_spelled_path_and_the_targets_next_to
     assert greedy_outcome(TREE, target, 2) == (2, 6)  # 3, 4 accepted; 5 is not the target's 6
     assert greedy_outcome(TREE, [1, 2, 7, 9], 2) == (1, 9)
     assert greedy_outcome([], target, 2) == (0, 3)
+
+
+def test_main_branch_is_the_chain_of_first_children():
+    assert main_branch(TREE) == [(3, -1), (4, 0), (5, 1)]
+    assert main_branch([]) == []
+
+
+def test_a_tree_squeezed_by_the_budget_is_sent_as_the_clients_chain():
+    tree = {"draft": [t for t, _ in TREE], "parents": [p for _, p in TREE], "chain_k": 2}
+    assert draft_for(tree, [], 0) == TREE  # no budget: the tree
+    assert draft_for(tree, [], 5) == TREE  # room for all of it
+    assert draft_for(tree, [], 4) == [(3, -1), (4, 0)]  # min(chain_k, budget) of the main branch
+    assert draft_for(tree, [], 1) == [(3, -1)]
+    assert draft_for(tree, [3], 4) == [(4, -1), (5, 0)]  # below the spelled path
+    chain = {"draft": [3, 4, 5]}
+    assert draft_for(chain, [3], 1) == [(4, -1)]
+    assert draft_for(chain, [9], 1) == []  # nothing recorded reaches here
