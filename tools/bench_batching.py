@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,40 @@ def record_traces(target: Path, draft: Path, path: Path, prompts: int, max_token
                        timeout=3600)
     finally:
         daemon.stop()
+
+
+@dataclass(frozen=True, slots=True)
+class Recording:
+    """How to record one set of traces that was not given: its file (beside the plot), the
+    draft pair, the client's extra flags and what the progress bar says."""
+
+    file: str
+    pair: str
+    client_flags: tuple[str, ...]
+    label: str
+
+
+def traces_for(given: dict[str, str | None], plans: dict[str, Recording], out_dir: Path,
+               workdir: Path, prompts: int, max_tokens: int, progress: Progress
+               ) -> dict[str, Path]:
+    """The given trace files, and the others recorded now as ``plans`` say."""
+    from edgespec.models.convert import resolve_target
+    from edgespec.models.paths import default_cache_dir, resolve_draft
+
+    paths: dict[str, Path] = {}
+    for name, path in given.items():
+        if path is not None:
+            paths[name] = Path(path)
+            continue
+        plan = plans[name]
+        paths[name] = out_dir / plan.file
+        out_dir.mkdir(parents=True, exist_ok=True)
+        task = progress.add_task(f"recording {plan.label} (real draft + daemon)", total=None)
+        cache = default_cache_dir()
+        record_traces(resolve_target(None, cache), resolve_draft(plan.pair, cache), paths[name],
+                      prompts, max_tokens, workdir, plan.client_flags)
+        progress.remove_task(task)
+    return paths
 
 
 def read_stats(path: Path) -> dict[str, Any]:
@@ -331,9 +366,7 @@ def batching(sessions: str, traces: str | None, hard_traces: str | None, prompts
     transformers' continuous batching)."""
     import tempfile
 
-    from edgespec.models.convert import resolve_target
     from edgespec.models.cpu import cpu_model, usable_cores
-    from edgespec.models.paths import default_cache_dir, resolve_draft
 
     console = Console(stderr=True, width=140)
     counts = [int(x) for x in sessions.split(",")]
@@ -341,20 +374,10 @@ def batching(sessions: str, traces: str | None, hard_traces: str | None, prompts
     given = {"default": traces, "hard": hard_traces}
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
         work = Path(tmp)
-        paths: dict[str, Path] = {}
-        for pair, path in given.items():
-            if path is not None:
-                paths[pair] = Path(path)
-                continue
-            suffix = "" if pair == "default" else f"-{pair}"
-            paths[pair] = out_dir / f"batching-trace{suffix}.jsonl"
-            out_dir.mkdir(parents=True, exist_ok=True)
-            task = progress.add_task(f"recording {pair}-pair traces (real draft + daemon)",
-                                     total=None)
-            cache = default_cache_dir()
-            record_traces(resolve_target(None, cache), resolve_draft(pair, cache),
-                          paths[pair], prompts, max_tokens, work)
-            progress.remove_task(task)
+        paths = traces_for(given, {pair: Recording(
+            "batching-trace.jsonl" if pair == "default" else f"batching-trace-{pair}.jsonl",
+            pair, (), f"{pair}-pair traces") for pair in given}, out_dir, work, prompts,
+            max_tokens, progress)
         results = run_batching(counts, paths, threads, work, progress)
     caption = (f"{cpu_model()} · {usable_cores()} cores · verifyd and engine {threads} threads "
                f"each, one at a time · float32 · load {os.getloadavg()[0]:.1f}")

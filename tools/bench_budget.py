@@ -142,10 +142,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 def budget(sessions: str, rules: str, chain_traces: str | None, tree_traces: str | None,
            prompts: int, max_tokens: int, threads: int, as_json: bool, plot_path: str) -> None:
     """Server capacity with trees against chains, under each VERDICT budget rule."""
-    from edgespec.models.convert import resolve_target
     from edgespec.models.cpu import cpu_model, usable_cores
-    from edgespec.models.paths import default_cache_dir, resolve_draft
-    from edgespec.tools.bench_batching import record_traces
+    from edgespec.tools.bench_batching import Recording, traces_for
 
     console = Console(stderr=True, width=140)
     counts = [int(x) for x in sessions.split(",")]
@@ -154,19 +152,9 @@ def budget(sessions: str, rules: str, chain_traces: str | None, tree_traces: str
     given = {"chain": chain_traces, "tree": tree_traces}
     with tempfile.TemporaryDirectory() as tmp, Progress(console=console) as progress:
         work = Path(tmp)
-        paths: dict[str, Path] = {}
-        for shape, path in given.items():
-            if path is not None:
-                paths[shape] = Path(path)
-                continue
-            paths[shape] = out_dir / f"budget-{shape}.jsonl"
-            out_dir.mkdir(parents=True, exist_ok=True)
-            task = progress.add_task(f"recording hard-pair {shape}s (real draft + daemon)",
-                                     total=None)
-            cache = default_cache_dir()
-            record_traces(resolve_target(None, cache), resolve_draft("hard", cache),
-                          paths[shape], prompts, max_tokens, work, ("--draft-shape", shape))
-            progress.remove_task(task)
+        paths = traces_for(given, {shape: Recording(
+            f"budget-{shape}.jsonl", "hard", ("--draft-shape", shape), f"hard-pair {shape}s")
+            for shape in given}, out_dir, work, prompts, max_tokens, progress)
         results = run_budget(counts, rule_list, paths, threads, work, progress)
     caption = (f"{cpu_model()} · {usable_cores()} cores · verifyd {threads} thread(s), replays "
                f"on the other core · float32 · load {os.getloadavg()[0]:.1f}")

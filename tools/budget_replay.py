@@ -23,15 +23,12 @@ the two under one budget leans, if anything, against trees.
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
 import numpy as np
 from edgespec.edge_client.trace import TraceError, accepted_tokens
-from edgespec.edge_client.transport import Link, expect
+from edgespec.edge_client.transport import Link
 from edgespec.tools.replay import Record, Replayer
-from edgespec.wire.codec import Draft, Verdict
-from edgespec.wire.errors import UnknownSession, WireError
+from edgespec.wire.codec import Draft
+from edgespec.wire.errors import WireError
 
 Node = tuple[int, int]  # (token, parent index; -1: the root)
 
@@ -131,25 +128,16 @@ class BudgetReplayer(Replayer):
 
     history: list[int]
 
-    def run(self) -> Any:
-        if any(r["kind"] == "open" and r.get("sampling") for r in self.records):
-            raise TraceError("a budget replay needs greedy traces (sampled draws depend on "
-                             "the draft that was sent)")
-        link = Link(self.endpoint, timeout_s=self.timeout_s, curve=self.curve)
-        start = time.monotonic()
+    def play(self, link: Link, start: float) -> None:
         try:
+            if any(r["kind"] == "open" and r.get("sampling") for r in self.records):
+                raise TraceError("a budget replay needs greedy traces (sampled draws depend "
+                                 "on the draft that was sent)")
             self.open(link, self.records[0])
             self._rounds(link, target_tokens(self.records),
                          [r for r in self.records[1:] if r["kind"] == "round"])
-            self.close(link)
         except (WireError, TraceError) as exc:
             self.tally.errors[type(exc).__name__] += 1
-        finally:
-            link.close()
-        elapsed = time.monotonic() - start
-        verified = self.tally.accepted + self.tally.rounds
-        self.tally.session_tok_s.append(verified / elapsed if elapsed > 0 else 0.0)
-        return self.tally
 
     def _rounds(self, link: Link, target: list[int], rounds: list[Record]) -> None:
         budget, r = 0, 0
@@ -165,17 +153,7 @@ class BudgetReplayer(Replayer):
             chain = all(p == i - 1 for i, (_, p) in enumerate(nodes))
             draft = Draft(at, [t for t, _ in nodes], None,
                           None if chain else np.asarray([p for _, p in nodes], dtype=np.int32))
-            sent_at = time.perf_counter()
-            try:
-                reply = link.request(draft, self.session_id)
-            except UnknownSession:
-                self.tally.reopens += 1
-                self._open(link)
-                sent_at = time.perf_counter()
-                reply = link.request(draft, self.session_id)
-            verdict = expect(reply, Verdict)
-            self.tally.add_round(len(nodes), verdict.accepted,
-                                 (time.perf_counter() - sent_at) * 1000.0)
+            verdict = self.verify(link, draft)
             if (verdict.accepted, verdict.next_token) != greedy_outcome(nodes, target, at):
                 self.tally.diverged_rounds += 1
                 self.tally.diverged_sessions += 1

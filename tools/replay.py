@@ -184,13 +184,9 @@ class Replayer:
 
     def run(self) -> Tally:
         link = Link(self.endpoint, timeout_s=self.timeout_s, curve=self.curve)
-        start, t0 = time.monotonic(), self.records[0]["t"]
+        start = time.monotonic()
         try:
-            for record in self.records:
-                if self.pace == "recorded":
-                    time.sleep(max(0.0, (record["t"] - t0) - (time.monotonic() - start)))
-                if not self.step(link, record):
-                    break
+            self.play(link, start)
             self.close(link)
         finally:
             link.close()
@@ -198,6 +194,15 @@ class Replayer:
         verified = self.tally.accepted + self.tally.rounds
         self.tally.session_tok_s.append(verified / elapsed if elapsed > 0 else 0.0)
         return self.tally
+
+    def play(self, link: Link, start: float) -> None:
+        """Send the recorded events in order (at their recorded spacing with that pace)."""
+        t0 = self.records[0]["t"]
+        for record in self.records:
+            if self.pace == "recorded":
+                time.sleep(max(0.0, (record["t"] - t0) - (time.monotonic() - start)))
+            if not self.step(link, record):
+                break
 
     def step(self, link: Link, record: Record) -> bool:
         """Send one recorded event; False when the session cannot go on."""
@@ -230,17 +235,7 @@ class Replayer:
         parents = record.get("parents")
         draft = Draft(record["base_length"], record["draft"], sparse_q_of(record),
                       None if parents is None else np.asarray(parents, dtype=np.int32))
-        sent_at = time.perf_counter()
-        try:
-            reply = link.request(draft, self.session_id)
-        except UnknownSession:  # evicted: re-open with the full history, then retry the round
-            self.tally.reopens += 1
-            self._open(link)
-            sent_at = time.perf_counter()
-            reply = link.request(draft, self.session_id)
-        verdict = expect(reply, Verdict)
-        latency_ms = (time.perf_counter() - sent_at) * 1000.0
-        self.tally.add_round(len(record["draft"]), verdict.accepted, latency_ms)
+        verdict = self.verify(link, draft)
         checked = not record.get("unchecked", False)
         if checked and ((verdict.accepted, verdict.next_token, list(verdict.path))
                         != (record["accepted"], record["next_token"], record.get("path", []))):
@@ -249,6 +244,22 @@ class Replayer:
             return False
         self.history += [*accepted_tokens(record), verdict.next_token]  # == the verdict's
         return True
+
+    def verify(self, link: Link, draft: Draft) -> Verdict:
+        """One round, tallied; an evicted session is re-opened with its full history and
+        the round retried."""
+        sent_at = time.perf_counter()
+        try:
+            reply = link.request(draft, self.session_id)
+        except UnknownSession:
+            self.tally.reopens += 1
+            self._open(link)
+            sent_at = time.perf_counter()
+            reply = link.request(draft, self.session_id)
+        verdict = expect(reply, Verdict)
+        self.tally.add_round(len(draft.tokens), verdict.accepted,
+                             (time.perf_counter() - sent_at) * 1000.0)
+        return verdict
 
     def close(self, link: Link) -> None:
         try:

@@ -10,20 +10,28 @@ import zmq
 from edgespec.verify_daemon.outbox import Outbox
 
 
-@pytest.fixture()
-def pair():
-    ctx = zmq.Context()
+def _connected(ctx: zmq.Context, sndhwm: int, rcvhwm: int | None = None
+               ) -> tuple[zmq.Socket, zmq.Socket, bytes]:
+    """A ROUTER (ROUTER_MANDATORY, as verifyd's), a DEALER connected to it, its routing id."""
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    router.setsockopt(zmq.SNDHWM, 2)
+    router.setsockopt(zmq.SNDHWM, sndhwm)
     router.setsockopt(zmq.LINGER, 0)
     port = router.bind_to_random_port("tcp://127.0.0.1")
     dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.RCVHWM, 2)
+    if rcvhwm is not None:
+        dealer.setsockopt(zmq.RCVHWM, rcvhwm)
     dealer.setsockopt(zmq.LINGER, 0)
     dealer.connect(f"tcp://127.0.0.1:{port}")
     dealer.send(b"hi")
     peer, _ = router.recv_multipart()
+    return router, dealer, peer
+
+
+@pytest.fixture()
+def pair():
+    ctx = zmq.Context()
+    router, dealer, peer = _connected(ctx, 2, 2)
     yield router, dealer, peer
     dealer.close(0)
     router.close(0)
@@ -95,16 +103,7 @@ def test_bursts_to_a_client_that_keeps_reading_lose_nothing():
     so a plain NOBLOCK send fails in some bursts (measured: 1,795 of 18,000 replies, hwm 100);
     through the outbox every reply arrives, in order."""
     ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-    router.setsockopt(zmq.SNDHWM, 100)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(f"tcp://127.0.0.1:{port}")
-    dealer.send(b"hi")
-    peer, _ = router.recv_multipart()
+    router, dealer, peer = _connected(ctx, 100)
     outbox = Outbox(router, max_messages=100, max_bytes=1 << 20, stall_s=6)
     got: list[int] = []
     try:
