@@ -123,7 +123,9 @@ class EngineCollector(Collector):
                 ("evictions", "Idle sessions evicted under KV memory pressure."),
                 ("preemptions", "Waiting sessions dropped because nothing else fitted."),
                 ("busy", "OPENs answered busy (OVERLOADED, with a retry-after)."),
-                ("expired", "Sessions freed after --session-idle.")):
+                ("expired", "Sessions freed after --session-idle."),
+                ("goodput_steps", "Steps whose draft budgets came from the goodput rule "
+                 "(the server was the bottleneck: --draft-budget).")):
             name = {"prefix_hit_tokens": "prefix_cache_hit_tokens", "busy": "busy_replies",
                     "expired": "expired_sessions"}.get(key, key)
             yield CounterMetricFamily(f"verifyd_{name}", help_text, value=stats[key])
@@ -132,8 +134,16 @@ class EngineCollector(Collector):
                 ("waiting", "sessions_waiting", "Sessions with a request waiting for a step."),
                 ("kv_blocks_used", "kv_blocks_used", "KV blocks in use."),
                 ("kv_blocks_total", "kv_blocks_total", "KV blocks in the pool."),
-                ("block_size", "kv_block_size_tokens", "Tokens per KV block.")):
+                ("block_size", "kv_block_size_tokens", "Tokens per KV block."),
+                ("utilization", "pass_utilization",
+                 "Decayed share of wall time spent in forward passes (draft_budget.py).")):
             yield GaugeMetricFamily(f"verifyd_{name}", help_text, value=stats[key])
+        yield CounterMetricFamily(
+            "verifyd_replies_delayed", "Replies that waited for a connection's queue to drain "
+            "(outbox.py).", value=server.outbox.delayed)
+        yield CounterMetricFamily(
+            "verifyd_replies_dropped", "Replies lost: a gone client, or one that stopped "
+            "reading.", value=server.outbox.dropped)
         allow = server.curve.allow if server.curve is not None else None
         refused = CounterMetricFamily(
             "verifyd_handshakes_refused", "Connections turned away before any request: client "

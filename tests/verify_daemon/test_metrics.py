@@ -47,6 +47,9 @@ def test_rounds_count_drafts_tokens_and_acceptance_by_position(metered):
     assert value(metrics, "verifyd_sessions_active") == 1
     assert value(metrics, "verifyd_kv_blocks_used") > 0
     assert value(metrics, "verifyd_kv_blocks_total") == engine.blocks.capacity
+    assert value(metrics, "verifyd_pass_utilization") == round(engine.utilization, 3)
+    assert value(metrics, "verifyd_goodput_steps_total") == 0  # one session: its own to size
+    assert value(metrics, "verifyd_replies_dropped_total") == 0
 
 
 def test_steps_are_observed_once_each_with_their_tokens(metered):
