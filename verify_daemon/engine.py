@@ -25,7 +25,7 @@ from edgespec.verify_daemon.draft_budget import (
 from edgespec.verify_daemon.model_runner import ModelRunner
 from edgespec.verify_daemon.scheduler import Chunk, Scheduler
 from edgespec.verify_daemon.session import Session, Work
-from edgespec.verify_daemon.tree_verify import decide_tree
+from edgespec.verify_daemon.tree_verify import decide_tree, tree_depths
 from edgespec.verify_daemon.verify import NonFiniteTarget, decide, is_greedy
 from edgespec.wire.codec import (
     Close,
@@ -355,7 +355,8 @@ class Engine:
         session.rounds += 1
         session.drafted += len(draft)
         session.accepted += accepted
-        session.observe_round(accepted, _depth(work.parents) if work.parents else len(draft))
+        session.observe_round(accepted, max(tree_depths(work.parents)) if work.parents
+                              else len(draft))
         shape = (len(draft), accepted)  # for verifyd --metrics-port, read at scrape time
         self.round_shapes[shape] = self.round_shapes.get(shape, 0) + 1
         self.scheduler.done(session)
@@ -481,11 +482,3 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
             break
         n += 1
     return n
-
-
-def _depth(parents: list[int]) -> int:
-    """The deepest node of a tree given each node's parent (parents come first)."""
-    depth: list[int] = []
-    for parent in parents:
-        depth.append(1 if parent < 0 else depth[parent] + 1)
-    return max(depth, default=0)
