@@ -45,6 +45,10 @@ from edgespec.verify_daemon.config import DaemonConfig
               help="The draft length each VERDICT asks for: share (of a step's tokens), or "
                    "goodput (the share, and while the server is the bottleneck the draft "
                    "lengths that verify the most tokens a second; draft_budget.py).")
+@click.option("--gemm", type=click.Choice(["auto", "plain"]), default="auto", show_default=True,
+              help="CPU linear layers at verify widths (2-12 rows): auto measures once per "
+                   "machine (cached) whether (W @ xT)T beats torch's x @ WT at each width and "
+                   "uses the faster; plain keeps torch's (small_gemm.py).")
 @click.option("--block-size", type=int, default=16, help="Tokens per KV block.")
 @click.option("--batch-window-ms", type=float, default=2.0,
               help="How long a step waits for sessions about to send (0 = never).")
@@ -105,7 +109,7 @@ from edgespec.verify_daemon.config import DaemonConfig
 @click.pass_context
 def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dtype: str,
          threads: int, max_sessions: int, max_draft: int, max_context: int, kv_budget: str,
-         step_tokens: int, draft_budget: str, block_size: int, batch_window_ms: float,
+         step_tokens: int, draft_budget: str, gemm: str, block_size: int, batch_window_ms: float,
          session_idle: float, stats_file: str | None, cache_dir: str | None, prepare: bool,
          keys_dir: str | None,
          allow_dir: str | None, insecure: bool, max_rate: float, max_sessions_per_peer: int,
@@ -162,12 +166,13 @@ def main(ctx: click.Context, port: int, bind: str, target: str, device: str, dty
             step_tokens=step_tokens, step_ms=step_ms, kv_budget_tokens=budget_tokens,
             kv_budget_bytes=budget_bytes, block_size=block_size,
             batch_window_ms=batch_window_ms, session_idle_s=session_idle,
-            stats_file=stats_file or "", draft_budget=draft_budget,
+            stats_file=stats_file or "", draft_budget=draft_budget, gemm=gemm,
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from exc
     runner = ModelRunner(config.target, config.device, config.dtype, config.threads,
-                         config.kv_budget_tokens, config.kv_budget_bytes, config.block_size)
+                         config.kv_budget_tokens, config.kv_budget_bytes, config.block_size,
+                         gemm=config.gemm, cache_dir=cache)
     try:
         server = Server(Engine(runner, config), config.endpoint, peer_limits=peer_limits,
                         keys_dir=Path(keys_dir) if keys_dir else None,

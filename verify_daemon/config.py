@@ -44,6 +44,7 @@ class DaemonConfig:
     batch_window_ms: float = 2.0  # a step waits this long for sessions about to send
     stats_file: str = ""  # rewritten as JSON about once a second when set
     draft_budget: str = "goodput"  # goodput | share: the VERDICT's budget rule (draft_budget.py)
+    gemm: str = "auto"  # auto | plain: linear layers at verify widths (small_gemm.py)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -66,6 +67,8 @@ class DaemonConfig:
 
         if self.draft_budget not in ("goodput", "share"):
             raise ValueError("draft_budget must be 'goodput' or 'share'")
+        if self.gemm not in ("auto", "plain"):
+            raise ValueError("gemm must be 'auto' or 'plain'")
 
     @property
     def endpoint(self) -> str:

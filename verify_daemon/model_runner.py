@@ -18,12 +18,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
+from edgespec.models.cpu import cpu_model
 from edgespec.models.fingerprint import hf_vocab, vocab_fingerprint
+from edgespec.verify_daemon import small_gemm
 from edgespec.verify_daemon.block_manager import BlockManager
 from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -253,7 +256,11 @@ class ModelRunner:
     """Owns the target model and the KV pool; callers see blocks and logits rows only."""
 
     def __init__(self, target: str, device: str = "auto", dtype: str = "auto", threads: int = 0,
-                 kv_budget_tokens: int = 0, kv_budget_bytes: int = 0, block_size: int = 16):
+                 kv_budget_tokens: int = 0, kv_budget_bytes: int = 0, block_size: int = 16,
+                 gemm: str = "plain", cache_dir: Path | None = None):
+        """``gemm``: "auto" gives the CPU linear layers the faster product at each verify
+        width (``small_gemm.py``, its plan cached under ``cache_dir``); "plain" leaves
+        torch's own."""
         if threads > 0:
             torch.set_num_threads(threads)
         self.device = pick_device(device)
@@ -263,6 +270,8 @@ class ModelRunner:
         self.model = AutoModelForCausalLM.from_pretrained(
             target, dtype=self.dtype, device_map=self.device, attn_implementation=ATTENTION
         ).eval()
+        if gemm == "auto" and self.device.type == "cpu":
+            small_gemm.tune(self.model, cache_dir, cpu_model())
         config = self.model.config
         vocab, specials = hf_vocab(self.tokenizer)
         self.info = TargetInfo(

@@ -10,15 +10,18 @@ from .runner_chunks import Piece
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
-def runner(request, target_dir):
+@pytest.fixture(scope="module",
+                params=["cpu", "cpu-gemm-auto", pytest.param("cuda", marks=pytest.mark.gpu)])
+def runner(request, target_dir, cache_dir):
     import torch
     from edgespec.verify_daemon.model_runner import ModelRunner
 
     if request.param == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    return ModelRunner(str(target_dir), device=request.param, dtype="float32", threads=1,
-                       kv_budget_tokens=2048, block_size=16)
+    device, _, gemm = request.param.partition("-gemm-")
+    return ModelRunner(str(target_dir), device=device, dtype="float32", threads=1,
+                       kv_budget_tokens=2048, block_size=16, gemm=gemm or "plain",
+                       cache_dir=cache_dir)
 
 
 @pytest.fixture(scope="module")
@@ -51,4 +54,20 @@ def test_ragged_batch_over_scattered_blocks_matches_the_plain_forward(runner, re
             assert torch.equal(got.argmax(-1), want.argmax(-1))
     assert row == logits.shape[0]
     for table in [*tables, spacer]:
+        runner.blocks.release(table)
+
+
+def test_draft_widths_match_the_plain_forward(runner, reference):
+    """Verify passes of 1-13 tokens: the widths ``--gemm auto`` may compute another way."""
+    gen = torch.Generator().manual_seed(1)
+    seq = torch.randint(0, 49_000, (60,), generator=gen).tolist()
+    with torch.inference_mode():
+        want = reference(torch.tensor([seq])).logits[0]
+    for width in range(1, 14):
+        table: list[int] = []
+        runner.blocks.grow(table, 40 + width)
+        runner.run([Piece(table, 0, seq[:40], False)])
+        got = runner.run([Piece(table, 40, seq[40:40 + width], True)]).cpu()
+        assert torch.allclose(got, want[40:40 + width], atol=1e-3, rtol=0), width
+        assert torch.equal(got.argmax(-1), want[40:40 + width].argmax(-1)), width
         runner.blocks.release(table)
