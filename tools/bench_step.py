@@ -9,6 +9,10 @@ session (or ``--sessions`` sessions) holding ``context`` tokens of paged KV and 
 forward over the same ``width`` tokens after a ``DynamicCache`` of the same ``context`` (what
 ``generate`` does per step, with ``logits_to_keep`` = width). The ratio is the daemon's
 overhead; the goal is within 10 %. Reports medians of ``--repeats`` runs each.
+
+``--gemm both`` (the default) times the daemon's pass twice, with torch's own linear layers
+and with the plan ``verifyd --gemm auto`` uses on this machine (``small_gemm.py``; measured
+and cached on first use), so the column ``auto`` / ``plain`` is that plan's gain by width.
 """
 
 from __future__ import annotations
@@ -100,13 +104,17 @@ def time_plain(model: Any, sessions: int, context: int, width: int, repeats: int
 @click.option("--repeats", type=int, default=7)
 @click.option("--clock", type=click.Choice(["wall", "cpu"]), default="wall",
               help="cpu: process CPU time, robust to other jobs (use with --threads 1).")
+@click.option("--gemm", type=click.Choice(["both", "auto", "plain"]), default="both",
+              help="The daemon's linear layers: torch's (plain), verifyd's default plan "
+                   "(auto), or both side by side.")
 @click.option("--json", "as_json", is_flag=True)
 def main(target: str | None, widths: str, contexts: str, sessions: int, threads: int,
-         repeats: int, clock: str, as_json: bool) -> None:
+         repeats: int, clock: str, gemm: str, as_json: bool) -> None:
     """Time the daemon's verify pass against a plain transformers forward."""
     CLOCK[0] = time.process_time if clock == "cpu" else time.perf_counter
     from edgespec.models.convert import ensure_target_snapshot
     from edgespec.models.paths import default_cache_dir, default_draft_gguf
+    from edgespec.verify_daemon import small_gemm
     from edgespec.verify_daemon.model_runner import ModelRunner
     from transformers import AutoModelForCausalLM
 
@@ -115,26 +123,48 @@ def main(target: str | None, widths: str, contexts: str, sessions: int, threads:
     budget = sessions * (max(int(c) for c in contexts.split(",")) + 128)
     runner = ModelRunner(path, threads=threads, kv_budget_tokens=budget)
     plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    layers = small_gemm.linears(runner.model)
+    plan = (small_gemm.tune(runner.model, default_cache_dir(), cpu_model())
+            if gemm != "plain" else {})
+    modes = {"both": ("plain", "auto"), "auto": ("auto",), "plain": ("plain",)}[gemm]
     rows = []
     for context in (int(c) for c in contexts.split(",")):
         for width in (int(w) for w in widths.split(",")):
-            daemon_ms = time_runner(runner, sessions, context, width, repeats)
+            row: dict[str, Any] = {"context": context, "width": width, "sessions": sessions}
+            for mode in modes:  # interleaved by width: load hits both alike
+                if mode == "auto":
+                    small_gemm.install(layers, plan)
+                else:
+                    small_gemm.uninstall(layers)
+                row[f"daemon_{mode}_ms"] = round(
+                    time_runner(runner, sessions, context, width, repeats), 2)
             plain_ms = time_plain(plain, sessions, context, width, repeats)
-            rows.append({"context": context, "width": width, "sessions": sessions,
-                         "daemon_ms": round(daemon_ms, 2), "plain_ms": round(plain_ms, 2),
-                         "ratio": round(daemon_ms / plain_ms, 3)})
-    machine = {"cpu": cpu_model(), "cores": usable_cores(), "threads": threads, "clock": clock}
+            daemon_ms = row[f"daemon_{modes[-1]}_ms"]
+            row.update(daemon_ms=daemon_ms, plain_ms=round(plain_ms, 2),
+                       ratio=round(daemon_ms / plain_ms, 3))
+            if len(modes) == 2:
+                row["auto_over_plain"] = round(row["daemon_auto_ms"] / row["daemon_plain_ms"], 3)
+            rows.append(row)
+    machine = {"cpu": cpu_model(), "cores": usable_cores(), "threads": threads, "clock": clock,
+               "gemm_plan": small_gemm.describe(plan) if plan else "torch's own"}
     if as_json:
         print(json.dumps({"machine": machine, "rows": rows}))
         return
     table = Table(title=f"verify pass vs plain forward (ms) · {machine['cpu']} · "
                         f"{machine['cores']} cores · torch {threads} thread(s)")
-    for col in ("context", "width", "sessions", "verifyd", "plain", "ratio"):
+    names = [f"verifyd ({m})" for m in modes]
+    for col in ("context", "width", "sessions", *names, "plain forward", "ratio",
+                *(["auto / plain"] if len(modes) == 2 else [])):
         table.add_column(col, justify="right")
     for r in rows:
         table.add_row(str(r["context"]), str(r["width"]), str(r["sessions"]),
-                      f"{r['daemon_ms']:.1f}", f"{r['plain_ms']:.1f}", f"{r['ratio']:.2f}")
-    Console().print(table)
+                      *(f"{r[f'daemon_{m}_ms']:.1f}" for m in modes),
+                      f"{r['plain_ms']:.1f}", f"{r['ratio']:.2f}",
+                      *([f"{r['auto_over_plain']:.2f}"] if len(modes) == 2 else []))
+    console = Console()
+    console.print(table)
+    console.print(f"ratio: the last verifyd column over the plain forward; plan: "
+                  f"{machine['gemm_plan']}")
 
 
 if __name__ == "__main__":

@@ -157,6 +157,12 @@ def install(layers: Iterable[torch.nn.Linear], plan: Plan) -> int:
     return changed
 
 
+def uninstall(layers: Iterable[torch.nn.Linear]) -> None:
+    """Back to torch's own product everywhere (for side-by-side timing)."""
+    for layer in layers:
+        layer.__dict__.pop("forward", None)
+
+
 def _planned_forward(choices: dict[int, Choice]
                      ) -> Callable[[torch.nn.Linear, torch.Tensor], torch.Tensor]:
     def forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
