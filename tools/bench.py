@@ -154,6 +154,28 @@ def _draft_ids(client: Any, ids: list[int]) -> list[int]:
     return client.draft_ids(client.text(ids)) if client.translation is not None else ids
 
 
+def daemon_verify_cost(model: Any, threads: int, context: list[int]) -> Any:
+    """V(w) as verifyd runs it: with the linear-layer plan ``--gemm auto`` uses on this
+    machine at these threads (``small_gemm.py``, cached by the daemon's first start), lifted
+    again afterwards so the target alone stays plain ``generate``."""
+    import torch
+    from edgespec.models.cpu import cpu_model
+    from edgespec.models.paths import default_cache_dir
+    from edgespec.tools.costs import verify_cost
+    from edgespec.verify_daemon import small_gemm
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the plan's key: the daemon's threads
+    try:
+        small_gemm.tune(model, default_cache_dir(), cpu_model())
+    finally:
+        torch.set_num_threads(before)
+    try:
+        return verify_cost(model, threads, context)
+    finally:
+        small_gemm.uninstall(small_gemm.linears(model))
+
+
 def measure_components(client: Any, alone: Any, threads: int, verify_threads: int,
                        context: list[int], links: dict[float, Any]) -> Components:
     from edgespec.tools.costs import (
@@ -175,7 +197,7 @@ def measure_components(client: Any, alone: Any, threads: int, verify_threads: in
     drafter.daemon_idle(False)
     return Components(
         draft_s_per_token=beside_verify,
-        verify=verify_cost(alone.model, verify_threads, context),
+        verify=daemon_verify_cost(alone.model, verify_threads, context),
         verify_threads=verify_threads, generate_step_s=step(1),
         round_trip_s={rtt: ping_s(link) for rtt, link in links.items()},
         context_tokens=len(context), k_max=client.policy.k_max, draft_idle_s_per_token=idle,

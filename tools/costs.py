@@ -14,7 +14,7 @@ from typing import Any
 
 from edgespec.tools.bound import VerifyCost
 
-WIDTHS = (1, 2, 4, 8, 16, 17)  # 17: a full k = 16 draft plus the bonus position
+WIDTHS = (1, 2, 3, 4, 5, 6, 8, 16, 17)  # 17: a full k = 16 draft plus the bonus position
 
 
 def fastest_seconds(fn: Callable[[], object], repeats: int) -> float:
