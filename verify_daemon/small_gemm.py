@@ -13,7 +13,10 @@ measured here, never assumed:
   forward pass reads them: from memory, not from a warm cache), fastest of ``REPEATS``;
 - one row is always ``x @ Wᵀ`` (a matrix-vector product either way: the target alone's own
   path), and widths past ``MAX_ROWS`` too (a prefill or a batch of many sessions, where
-  BLAS is efficient);
+  BLAS is efficient), and so is every shape whose weights together take under
+  ``MIN_GROUP_BYTES``: those stay in a cache, their products are not bound by memory
+  traffic, and timing them measures mostly noise and call overhead (a tiny test model's
+  plan padded two rows to ten and ran slower);
 - the plan is cached as JSON under ``<cache>/gemm/``, keyed by the CPU model line, torch's
   version, threads, dtype and the shapes, so every daemon on one machine runs the same
   products (and the same rounding) without measuring again.
@@ -40,6 +43,7 @@ log = logging.getLogger("verifyd")
 MAX_ROWS = 12  # widths measured: 2..MAX_ROWS (a draft of up to 11 tokens plus its root)
 REPEATS = 3  # each timing is the fastest of this many sweeps (load only ever slows one)
 MARGIN = 0.9  # (W @ xᵀ)ᵀ must take under this share of x @ Wᵀ's time: noise never flips it
+MIN_GROUP_BYTES = 16 * 2**20  # shapes whose weights fit in a cache are left alone (below)
 
 Shape = tuple[int, int]  # (in_features, out_features)
 Choice = tuple[str, int]  # ("plain" | "tall", rows computed: the real ones plus zero pads)
@@ -91,13 +95,16 @@ def sweep_seconds(product: Callable[..., torch.Tensor], weights: list[torch.Tens
 
 
 def measure_plan(groups: dict[Shape, list[torch.Tensor]], max_rows: int = MAX_ROWS,
-                 timer: Timer = sweep_seconds) -> Plan:
+                 timer: Timer = sweep_seconds, min_bytes: int = MIN_GROUP_BYTES) -> Plan:
     """For each shape and each width 2..max_rows, the fastest way to get its rows: either
     product, at that width or padded with zero rows to a wider one that happens to run
     faster (on the EPYC above, four rows cost less than three). A choice other than the
     plain product at its own width must beat it by MARGIN."""
     plan: Plan = {}
     for shape, weights in groups.items():
+        if sum(w.nelement() * w.element_size() for w in weights) < min_bytes:
+            plan[shape] = {}
+            continue
         keys = [(form, rows) for form in FORMS for rows in range(2, max_rows + 1)]
         times = dict.fromkeys(keys, float("inf"))
         for repeat in range(REPEATS + 1):  # interleaved, so a burst of load hits all alike
@@ -118,7 +125,8 @@ def plan_key(groups: dict[Shape, list[torch.Tensor]], machine: str, threads: int
     dtypes = sorted({str(w.dtype) for ws in groups.values() for w in ws})
     facts = {"machine": machine, "torch": torch.__version__, "threads": threads,
              "dtypes": dtypes, "max_rows": MAX_ROWS, "margin": MARGIN,
-             "version": 2, "shapes": sorted(f"{i}x{o}x{len(ws)}" for (i, o), ws in groups.items())}
+             "version": 3, "min_bytes": MIN_GROUP_BYTES,
+             "shapes": sorted(f"{i}x{o}x{len(ws)}" for (i, o), ws in groups.items())}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 
 

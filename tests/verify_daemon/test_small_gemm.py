@@ -60,7 +60,7 @@ def test_the_plan_takes_a_product_or_a_padding_only_when_it_wins_by_the_margin()
         ("plain", 6): 0.7,  # 5 pads to 6, where plain is the cheapest
         ("tall", 6): 0.8,
     })
-    plan = measure_plan(groups, max_rows=7, timer=timer)[(8, 16)]
+    plan = measure_plan(groups, max_rows=7, timer=timer, min_bytes=0)[(8, 16)]
     assert plan[2] == ("tall", 2)
     assert plan[3] == ("tall", 4)
     assert plan[4] == ("tall", 4)
@@ -72,9 +72,21 @@ def test_the_plan_takes_a_product_or_a_padding_only_when_it_wins_by_the_margin()
 
 def test_ties_and_noise_keep_torchs_product():
     groups = {(8, 16): [torch.zeros(16, 8)]}
-    plan = measure_plan(groups, max_rows=6, timer=_fake_timer({}))
+    plan = measure_plan(groups, max_rows=6, timer=_fake_timer({}), min_bytes=0)
     assert plan == {(8, 16): {}}
     assert describe(plan) == "torch's own everywhere"
+
+
+def test_weights_that_fit_in_a_cache_are_not_measured():
+    groups = {(8, 16): [torch.zeros(16, 8)], (64, 1024): [torch.zeros(1024, 64)] * 2}
+
+    def timer(product, weights, rows):
+        assert weights[0].shape == (1024, 64), "timed a shape under the size floor"
+        return 0.1 if product.__name__ == "tall" else 1.0
+
+    plan = measure_plan(groups, max_rows=4, timer=timer, min_bytes=2 * 1024 * 64 * 4)
+    assert plan[(8, 16)] == {}
+    assert plan[(64, 1024)] == {2: ("tall", 2), 3: ("tall", 3), 4: ("tall", 4)}
 
 
 def test_a_tied_weight_is_measured_once():
