@@ -270,7 +270,7 @@ class ModelRunner:
         self.model = AutoModelForCausalLM.from_pretrained(
             target, dtype=self.dtype, device_map=self.device, attn_implementation=ATTENTION
         ).eval()
-        if gemm == "auto" and self.device.type == "cpu":
+        if gemm == "auto":  # CPU only: tune leaves a model on another device as it is
             small_gemm.tune(self.model, cache_dir, cpu_model())
         config = self.model.config
         vocab, specials = hf_vocab(self.tokenizer)

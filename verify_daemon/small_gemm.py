@@ -1,16 +1,18 @@
 """Linear layers at verify widths on CPU: per weight shape and row count, the faster of two
 equal products, measured once on this machine and cached.
 
-Why: a verify pass feeds the target a draft, 2–16 rows, and BLAS libraries can handle that
-shape badly. On an AMD EPYC with torch's MKL (1 thread), ``x @ Wᵀ`` over SmolLM2-135M's
+Why: a verify pass feeds the target a draft, a few rows, and BLAS libraries can handle
+that shape badly. On an AMD EPYC with torch's MKL (1 thread), ``x @ Wᵀ`` over SmolLM2-135M's
 weights costs 58 ms for one row but 104 ms for two and 100 ms for five, while the same
 product written ``(W @ xᵀ)ᵀ`` (a tall-skinny GEMM that streams W once) costs 49 and 66 ms.
 Which layout wins depends on the CPU, the BLAS, the thread count and the width, so it is
 measured here, never assumed:
 
-- the *plan* maps each weight shape (in, out) to the widths (rows) where ``(W @ xᵀ)ᵀ`` won,
-  by at least ``MARGIN``, timing both over every weight of that shape in the model (as the
-  forward pass reads them: from memory, not from a warm cache), fastest of ``REPEATS``;
+- the *plan* maps each weight shape (in, out) and width 2..``MAX_ROWS`` to the fastest way
+  to get those rows: either product, at that width or padded with zero rows to a wider one
+  that runs faster, taken only where it beats ``x @ Wᵀ`` by ``MARGIN``; both are timed over
+  every weight of that shape in the model (as the forward pass reads them: from memory, not
+  from a warm cache), fastest of ``REPEATS``;
 - one row is always ``x @ Wᵀ`` (a matrix-vector product either way: the target alone's own
   path), and widths past ``MAX_ROWS`` too (a prefill or a batch of many sessions, where
   BLAS is efficient), and so is every shape whose weights together take under
@@ -22,7 +24,7 @@ measured here, never assumed:
   products (and the same rounding) without measuring again.
 
 Both products are exact float sums in a different order: logits differ by rounding only
-(about 1e-5 here), as between any two widths of the plain product.
+(about 5e-5 here), as between any two widths of the plain product.
 """
 
 from __future__ import annotations
@@ -190,7 +192,8 @@ def _planned_forward(choices: dict[int, Choice]
 
 
 def tune(model: torch.nn.Module, cache_dir: Path | None, machine: str) -> Plan:
-    """Measure (or load) this model's plan on this machine and install it; CPU only."""
+    """Measure (or load) this model's plan on this machine and install it; CPU weights only
+    (anything else keeps torch's products: returns an empty plan)."""
     layers = linears(model)
     groups = weights_by_shape(layers)
     if not groups or any(w.device.type != "cpu" for ws in groups.values() for w in ws):
