@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 
 from edgespec.edge_client.chat_template import render_chat
 from edgespec.edge_client.config import ClientConfig
-from edgespec.edge_client.draft_length import DraftLength
+from edgespec.edge_client.draft_length import DraftLength, RoundTripModel
 from edgespec.edge_client.drafter import Drafter
 from edgespec.edge_client.sampling_setup import Sampling
 from edgespec.edge_client.spec_loop import speculate
@@ -59,6 +59,9 @@ class EdgeClient:
         self.stop_ids = tuple(self.welcome.eos_ids)
         self.threads = ThreadSplit.choose(config.threads, local, self.welcome)
         self.drafter.set_threads(self.threads.draft, self.threads.idle_draft)
+        # what a round trip costs by width is this link's and this daemon's: every session
+        # of this client learns into one model
+        self.round_trip = RoundTripModel()
         self.policy = self.new_policy(config.draft_tokens)
         self.shape = TreeShape(shape=config.draft_shape,  # chain or tree, kept across turns
                                max_nodes=min(MAX_NODES, self.welcome.max_draft_tokens))
@@ -66,7 +69,8 @@ class EdgeClient:
     def new_policy(self, draft_tokens: int) -> DraftLength:
         k_max = min(draft_tokens, self.welcome.max_draft_tokens)
         return DraftLength(k_max=k_max, adaptive=self.config.adaptive,
-                           pipelined=self.config.pipeline, timed=self.config.timed_k)
+                           pipelined=self.config.pipeline, timed=self.config.timed_k,
+                           round_trip=self.round_trip)
 
     def close(self) -> None:
         self.link.close()

@@ -71,6 +71,7 @@ def speculate(
             # ---- draft k tokens (a chain, or a tree up to depth k); a chain's head may
             # already be drafted from the last round
             k = policy.next_k(max_new_tokens - generated)
+            stats.expected_tokens += policy.expected  # a tree round: what its chain would
             form = shape.next(k, policy.timed, max_new_tokens - generated - 1, pipeline)
             chain_k, k = k, form.depth  # a tree: what the chain would have been, for traces
             tree = form.mode == TREE
@@ -165,7 +166,8 @@ def speculate(
             policy.observe(k if tree else len(draft), chain_accepted,
                            (drafted_at - sent_at) / len(guesses) if guesses else 0.0,
                            arrived_at - sent_at, width=len(draft) + 1,
-                           idle_draft_s_per_token=fresh_s_per_token if was_idle else 0.0)
+                           idle_draft_s_per_token=fresh_s_per_token if was_idle else 0.0,
+                           verify_s=verdict.verify_us / 1e6)
             stats.tree_side_paths += int(tree and chain_accepted < verdict.accepted)
             shape.observe(form.mode, len(new), arrived_at - round_start, verdict.budget,
                           0 if tree else len(draft), 0 if tree else verdict.accepted)

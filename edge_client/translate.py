@@ -304,7 +304,7 @@ def speculate_translated(
             # ---- accept the verified prefix plus the target's own token
             new, stopped = verified_tokens(proposal, verdict, max_new_tokens - generated, stops)
             policy.observe(len(proposal), verdict.accepted, (t2 - t0) / max(k + 1, 1),
-                           arrived_at - sent_at)
+                           arrived_at - sent_at, verify_s=verdict.verify_us / 1e6)
             tokens.extend(new)
             text += target.decode(new)
             generated += len(new)
