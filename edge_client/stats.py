@@ -37,6 +37,8 @@ class GenerationStats:
     tree_nodes: int = 0  # draft tokens in those trees, all branches
     tree_depth: int = 0  # their depths, summed
     tree_side_paths: int = 0  # tree rounds whose verdict took a side branch (a sibling paid)
+    expected_tokens: float = 0.0  # what the draft-length policy expected its rounds to yield
+    # (a tree round: what its chain would have; 0 when translating tokenizers)
 
     LABELS: ClassVar[tuple[str, ...]] = (
         "verify", "seed", "draft_threads", "daemon_threads", "idle_draft_threads", "thread_split",
@@ -88,6 +90,8 @@ class GenerationStats:
             per_token_acceptance=round(self.per_token_acceptance, 4),
             tokens_per_s=round(self.tokens_per_s, 2),
             tokens_per_round=round(self.tokens_per_round, 3),
+            expected_tokens_per_round=round(self.expected_tokens / self.rounds, 3)
+            if self.rounds else 0.0,
             round_trip_ms=round(self.round_trip_ms, 2),
             bytes_per_round=round(self.bytes_per_round, 1),
             draft_shape=self.draft_shape,

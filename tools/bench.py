@@ -75,8 +75,8 @@ RTT_SET_FIELDS = (
     "components", "rtt")
 RTT_FIELDS = (
     "edgespec_tok_s", "speedup_vs_target_daemon_cores", "per_token_acceptance",
-    "mean_draft_length", "tokens_per_round", "round_trip_ms", "draft_shape", "mean_tree_nodes",
-    "mean_tree_depth", "bound")
+    "mean_draft_length", "tokens_per_round", "expected_tokens_per_round", "round_trip_ms",
+    "draft_shape", "mean_tree_nodes", "mean_tree_depth", "bound")
 # with --vs-chain: the same client drafting chains only, through the same relay
 RTT_CHAIN_FIELDS = ("chain_tok_s", "chain_tokens_per_round", "over_chain_tok_s",
                     "over_chain_tokens_per_round")
@@ -393,6 +393,9 @@ def summarize_rtt(tallies: dict[str, Tally], stats_of: dict[str, Any],
             "per_token_acceptance": round(alpha, 4),
             "mean_draft_length": round(stats.drafted / stats.rounds, 2) if stats.rounds else 0,
             "tokens_per_round": round(stats.tokens_per_round, 3),
+            # what the client's draft-length policy expected of its rounds (its model's error)
+            "expected_tokens_per_round": round(stats.expected_tokens / stats.rounds, 3)
+            if stats.rounds else 0,
             "round_trip_ms": round(stats.round_trip_ms, 1),
             "draft_shape": stats.draft_shape,
             "mean_tree_nodes": round(stats.tree_nodes / stats.tree_rounds, 2)
