@@ -1,16 +1,17 @@
-"""Linear layers at verify widths on CPU: per weight shape and row count, the faster of two
-equal products, measured once on this machine and cached.
+"""Linear layers at verify widths on CPU: per weight shape and row count, the fastest of
+three equal products, measured once on this machine and cached.
 
 Why: a verify pass feeds the target a draft, a few rows, and BLAS libraries can handle
 that shape badly. On an AMD EPYC with torch's MKL (1 thread), ``x @ Wᵀ`` over SmolLM2-135M's
 weights costs 58 ms for one row but 104 ms for two and 100 ms for five, while the same
-product written ``(W @ xᵀ)ᵀ`` (a tall-skinny GEMM that streams W once) costs 49 and 66 ms.
+product written ``(W @ xᵀ)ᵀ`` (a tall-skinny GEMM that streams W once) costs 49 and 66 ms,
+and oneDNN's inner product (``onednn``, where torch has it) rises most gently past four rows.
 Which layout wins depends on the CPU, the BLAS, the thread count and the width, so it is
 measured here, never assumed:
 
 - the *plan* maps each weight shape (in, out) and width 2..``MAX_ROWS`` to the fastest way
-  to get those rows: either product, at that width or padded with zero rows to a wider one
-  that runs faster, taken only where it beats ``x @ Wᵀ`` by ``MARGIN``; both are timed over
+  to get those rows: any of the products, at that width or padded with zero rows to a wider
+  one that runs faster, taken only where it beats ``x @ Wᵀ`` by ``MARGIN``; all are timed over
   every weight of that shape in the model (as the forward pass reads them: from memory, not
   from a warm cache), fastest of ``REPEATS``;
 - one row is always ``x @ Wᵀ`` (a matrix-vector product either way: the target alone's own
@@ -20,10 +21,10 @@ measured here, never assumed:
   traffic, and timing them measures mostly noise and call overhead (a tiny test model's
   plan padded two rows to ten and ran slower);
 - the plan is cached as JSON under ``<cache>/gemm/``, keyed by the CPU model line, torch's
-  version, threads, dtype and the shapes, so every daemon on one machine runs the same
-  products (and the same rounding) without measuring again.
+  version, threads, dtype, the products it has and the shapes, so every daemon on one
+  machine runs the same products (and the same rounding) without measuring again.
 
-Both products are exact float sums in a different order: logits differ by rounding only
+All products are exact float sums in a different order: logits differ by rounding only
 (about 5e-5 here), as between any two widths of the plain product.
 """
 
@@ -48,7 +49,7 @@ MARGIN = 0.9  # (W @ xᵀ)ᵀ must take under this share of x @ Wᵀ's time: noi
 MIN_GROUP_BYTES = 16 * 2**20  # shapes whose weights fit in a cache are left alone (below)
 
 Shape = tuple[int, int]  # (in_features, out_features)
-Choice = tuple[str, int]  # ("plain" | "tall", rows computed: the real ones plus zero pads)
+Choice = tuple[str, int]  # (a key of FORMS, rows computed: the real ones plus zero pads)
 Plan = dict[Shape, dict[int, Choice]]  # shape → rows → how (absent: plain, unpadded)
 
 
@@ -62,7 +63,26 @@ def tall(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return torch.mm(weight, x.t()).t().contiguous()
 
 
-FORMS = {"plain": plain, "tall": tall}
+def onednn(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """oneDNN's inner product (the op torch.compile's CPU freezing emits for a linear): on
+    the EPYC above its cost rises more gently with the rows than MKL's (the model's linears
+    at 8 rows: 78 ms, where the better of the other two takes 86 and at 16 rows 103 against
+    115)."""
+    return torch.ops.mkldnn._linear_pointwise(x, weight, None, "none", [], "")
+
+
+def _onednn_usable() -> bool:
+    """A torch built without oneDNN, or one whose private op moved, plans without it."""
+    try:
+        x, w = torch.ones(2, 3), torch.ones(4, 3)
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.equal(onednn(x, w), torch.full((2, 4), 3.0)))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+FORMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "plain": plain, "tall": tall, **({"onednn": onednn} if _onednn_usable() else {})}
 
 
 def linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
@@ -98,7 +118,7 @@ def sweep_seconds(product: Callable[..., torch.Tensor], weights: list[torch.Tens
 
 def measure_plan(groups: dict[Shape, list[torch.Tensor]], max_rows: int = MAX_ROWS,
                  timer: Timer = sweep_seconds, min_bytes: int = MIN_GROUP_BYTES) -> Plan:
-    """For each shape and each width 2..max_rows, the fastest way to get its rows: either
+    """For each shape and each width 2..max_rows, the fastest way to get its rows: any
     product, at that width or padded with zero rows to a wider one that happens to run
     faster (on the EPYC above, four rows cost less than three). A choice other than the
     plain product at its own width must beat it by MARGIN."""
@@ -127,7 +147,7 @@ def plan_key(groups: dict[Shape, list[torch.Tensor]], machine: str, threads: int
     dtypes = sorted({str(w.dtype) for ws in groups.values() for w in ws})
     facts = {"machine": machine, "torch": torch.__version__, "threads": threads,
              "dtypes": dtypes, "max_rows": MAX_ROWS, "margin": MARGIN,
-             "version": 3, "min_bytes": MIN_GROUP_BYTES,
+             "version": 4, "min_bytes": MIN_GROUP_BYTES, "forms": sorted(FORMS),
              "shapes": sorted(f"{i}x{o}x{len(ws)}" for (i, o), ws in groups.items())}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
 

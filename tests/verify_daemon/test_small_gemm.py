@@ -35,6 +35,9 @@ def test_every_choice_gives_torchs_product_at_every_width(bias):
         # tall at its own width, tall and plain padded to wider ones, plain untouched
         plan = {(24, 40): {2: ("tall", 2), 3: ("tall", 4), 5: ("plain", 8), 6: ("tall", 12)},
                 (40, 24): {2: ("plain", 3), 3: ("tall", 3), 4: ("tall", 9)}}
+        if "onednn" in small_gemm.FORMS:  # oneDNN's, at its own width and padded
+            plan[(24, 40)] |= {7: ("onednn", 7), 8: ("onednn", 11)}
+            plan[(40, 24)] |= {5: ("onednn", 5)}
         assert install(small_gemm.linears(model), plan) == 2
         for rows, x in inputs.items():
             got = model(x)
