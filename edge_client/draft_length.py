@@ -225,7 +225,10 @@ class DraftLength:
 
     def _choose(self, cap: int, held: list[float]) -> int:
         lengths = range(self.k_min, cap + 1)
-        best = max(lengths, key=lambda k: self._rate(k, held, self.round_trip.predict(k + 1)))
+        # untimed (a seeded run) must cut its rounds alike every time, so it never reads the
+        # shared model, which other sessions of the client keep measuring
+        trips = self.round_trip if self.timed else RoundTripModel()
+        best = max(lengths, key=lambda k: self._rate(k, held, trips.predict(k + 1)))
         self.since_probe += 1
         if self.timed and self.since_probe >= PROBE_EVERY:
             probe = self._probe(best, lengths, held)

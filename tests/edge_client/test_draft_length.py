@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from edgespec.edge_client.draft_length import DraftLength, expected_tokens
+from edgespec.edge_client.draft_length import DraftLength, RoundTripModel, expected_tokens
 
 
 def test_expected_tokens_limits():
@@ -214,3 +214,18 @@ def test_each_choice_says_what_it_expects_the_round_to_yield():
     assert DraftLength(k_max=16).next_k(1) == 0
     fixed = DraftLength(k_max=5, adaptive=False, accepted=7, rejected=3)
     assert fixed.next_k(100) == 5 and fixed.expected == pytest.approx(expected_tokens(0.7, 5))
+
+
+def test_an_untimed_policy_ignores_what_other_sessions_measured():
+    """A seeded run beside timed ones on one client: the shared round-trip model they
+    fill must not move its k (the same rounds, the same tokens)."""
+    shared = RoundTripModel()
+    fresh = DraftLength(k_max=8, timed=False, round_trip=RoundTripModel())
+    beside = DraftLength(k_max=8, timed=False, round_trip=shared)
+    for width in range(1, 10):  # a steep staircase another session measured
+        for _ in range(3):
+            shared.add(width, 0.05 + (0.3 if width > 2 else 0.0), 0.0)
+    for _ in range(20):
+        assert beside.next_k(100) == fresh.next_k(100)
+        for policy in (beside, fresh):
+            policy.observe(policy.next_k(100), 2, 0.0, 0.0)
