@@ -85,12 +85,12 @@ class RoundTripModel:
     def add(self, width: int, seconds: float, verify_s: float = 0.0) -> None:
         """One round of ``width`` verified tokens that took ``seconds`` from send to verdict,
         ``verify_s`` of them in the daemon's pass (0: not reported, all counted as verify)."""
-        verify = verify_s if 0.0 < verify_s <= seconds else max(0.0, seconds - self.wire)
-        wire = seconds - verify
-        if verify_s > 0.0 or not self.wire_seen:
-            self.wire = wire if not self.wire_seen else (
-                self.wire + self.smoothing * (wire - self.wire))
-            self.wire_seen = self.wire_seen or verify_s > 0.0
+        if 0.0 < verify_s <= seconds:
+            verify, wire = verify_s, seconds - verify_s
+            self.wire = self.wire + self.smoothing * (wire - self.wire) if self.wire_seen else wire
+            self.wire_seen = True
+        else:
+            verify = max(0.0, seconds - self.wire)
         f = self.forget
         self.n, self.sx, self.sy = f * self.n + 1, f * self.sx + width, f * self.sy + verify
         self.sxx, self.sxy = f * self.sxx + width * width, f * self.sxy + width * verify
@@ -132,6 +132,9 @@ class RoundTripModel:
         return max(1e-4, self.wire + verify)
 
 
+PRIOR_ROUND_TRIP = RoundTripModel()  # never fed: what an untimed policy reads
+
+
 @dataclass(slots=True)
 class DepthProfile:
     """How acceptance varies with the draft position, relative to the mean: ``ratio(i)``.
@@ -164,18 +167,23 @@ class DepthProfile:
         if accepted < k:
             self.rejected[accepted] += 1.0
 
-    def ratio(self, position: int) -> float:
-        """Acceptance at ``position`` (1 = the first draft token) over the mean acceptance."""
+    def ratios(self, last: int) -> list[float]:
+        """``ratio(1) .. ratio(last)`` in one pass (each position builds on the one before)."""
         held, missed = sum(self.accepted), sum(self.rejected)
         if held + missed <= 0.0 or held <= 0.0:
-            return 1.0
+            return [1.0] * last
         mean = held / (held + missed)
-        here = mean
-        for i in range(position):  # each position shrunk towards the one before it
+        here, out = mean, []
+        for i in range(last):  # each position shrunk towards the one before it
             acc = self.accepted[i] if i < len(self.accepted) else 0.0
             rej = self.rejected[i] if i < len(self.rejected) else 0.0
             here = (acc + self.prior * here) / (acc + rej + self.prior)
-        return here / mean
+            out.append(here / mean)
+        return out
+
+    def ratio(self, position: int) -> float:
+        """Acceptance at ``position`` (1 = the first draft token) over the mean acceptance."""
+        return self.ratios(position)[-1] if position > 0 else 1.0
 
 
 @dataclass(slots=True)
@@ -210,8 +218,8 @@ class DraftLength:
         """``[1, P(position 1 holds), ..., P(positions 1..last all hold)]``."""
         a = min(self.acceptance, 0.999)
         out = [1.0]
-        for i in range(1, last + 1):
-            out.append(out[-1] * min(0.999, a * self.depth.ratio(i)))
+        for ratio in self.depth.ratios(last):
+            out.append(out[-1] * min(0.999, a * ratio))
         return out
 
     def next_k(self, remaining: int) -> int:
@@ -227,7 +235,7 @@ class DraftLength:
         lengths = range(self.k_min, cap + 1)
         # untimed (a seeded run) must cut its rounds alike every time, so it never reads the
         # shared model, which other sessions of the client keep measuring
-        trips = self.round_trip if self.timed else RoundTripModel()
+        trips = self.round_trip if self.timed else PRIOR_ROUND_TRIP
         best = max(lengths, key=lambda k: self._rate(k, held, trips.predict(k + 1)))
         self.since_probe += 1
         if self.timed and self.since_probe >= PROBE_EVERY:

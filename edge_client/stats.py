@@ -63,6 +63,10 @@ class GenerationStats:
         return self.generated / self.rounds if self.rounds else 0.0
 
     @property
+    def expected_tokens_per_round(self) -> float:
+        return self.expected_tokens / self.rounds if self.rounds else 0.0
+
+    @property
     def bytes_per_round(self) -> float:
         """Both directions, OPENs included: what one round costs on the wire."""
         total = self.bytes_sent + self.bytes_received
@@ -90,8 +94,7 @@ class GenerationStats:
             per_token_acceptance=round(self.per_token_acceptance, 4),
             tokens_per_s=round(self.tokens_per_s, 2),
             tokens_per_round=round(self.tokens_per_round, 3),
-            expected_tokens_per_round=round(self.expected_tokens / self.rounds, 3)
-            if self.rounds else 0.0,
+            expected_tokens_per_round=round(self.expected_tokens_per_round, 3),
             round_trip_ms=round(self.round_trip_ms, 2),
             bytes_per_round=round(self.bytes_per_round, 1),
             draft_shape=self.draft_shape,

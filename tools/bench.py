@@ -394,8 +394,7 @@ def summarize_rtt(tallies: dict[str, Tally], stats_of: dict[str, Any],
             "mean_draft_length": round(stats.drafted / stats.rounds, 2) if stats.rounds else 0,
             "tokens_per_round": round(stats.tokens_per_round, 3),
             # what the client's draft-length policy expected of its rounds (its model's error)
-            "expected_tokens_per_round": round(stats.expected_tokens / stats.rounds, 3)
-            if stats.rounds else 0,
+            "expected_tokens_per_round": round(stats.expected_tokens_per_round, 3),
             "round_trip_ms": round(stats.round_trip_ms, 1),
             "draft_shape": stats.draft_shape,
             "mean_tree_nodes": round(stats.tree_nodes / stats.tree_rounds, 2)

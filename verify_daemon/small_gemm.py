@@ -45,7 +45,7 @@ log = logging.getLogger("verifyd")
 
 MAX_ROWS = 12  # widths measured: 2..MAX_ROWS (a draft of up to 11 tokens plus its root)
 REPEATS = 3  # each timing is the fastest of this many sweeps (load only ever slows one)
-MARGIN = 0.9  # (W @ xᵀ)ᵀ must take under this share of x @ Wᵀ's time: noise never flips it
+MARGIN = 0.9  # another form must take under this share of x @ Wᵀ's time: noise never flips it
 MIN_GROUP_BYTES = 16 * 2**20  # shapes whose weights fit in a cache are left alone (below)
 
 Shape = tuple[int, int]  # (in_features, out_features)
