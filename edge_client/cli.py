@@ -37,6 +37,10 @@ def _common(fn: Any) -> Any:
         click.option("--pipeline/--no-pipeline", default=True, show_default=True,
                      help="Keep drafting while a verdict is in flight (hides the round trip; "
                           "on one shared machine give draft and daemon a core each)."),
+        click.option("--chain/--no-chain", default=True, show_default=True,
+                     help="With --pipeline, send the next draft before the verdict, chained "
+                          "on the guess that this one holds: when it does, a round trip is "
+                          "saved (never with --seed: it depends on timing)."),
         click.option("--draft-shape", type=click.Choice(["chain", "tree", "auto"]),
                      default="chain", show_default=True,
                      help="Chains, token trees (siblings where the draft is unsure; more "
@@ -70,7 +74,7 @@ def _common(fn: Any) -> Any:
 
 
 CONFIG_OPTIONS = ("server_key", "client_key", "heartbeat", "connect_timeout", "reconnect_for",
-                  "busy_for", "draft_shape")
+                  "busy_for", "draft_shape", "chain")
 
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -84,7 +88,7 @@ def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fix
             pipeline: bool, timeout: float, cache_dir: str | None, server_key: str | None,
             client_key: str | None, heartbeat: float, connect_timeout: float,
             reconnect_for: float, busy_for: float = 120.0, seeded: bool = False,
-            draft_shape: str = "chain") -> ClientConfig:
+            draft_shape: str = "chain", chain: bool = True) -> ClientConfig:
     from edgespec.models.paths import ModelNotFound, default_cache_dir, resolve_draft
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -95,7 +99,8 @@ def _config(server: str, draft: str, threads: int | None, draft_tokens: int, fix
     return ClientConfig(
         server=server, draft_path=str(draft_path),
         threads=threads or 0, draft_tokens=draft_tokens,
-        adaptive=not fixed_k, pipeline=pipeline, timeout_s=timeout, timed_k=not seeded,
+        adaptive=not fixed_k, pipeline=pipeline, chain=chain, timeout_s=timeout,
+        timed_k=not seeded,
         server_key=server_key, client_key=client_key, heartbeat_s=heartbeat,
         connect_timeout_s=connect_timeout, reconnect_for_s=reconnect_for,
         busy_for_s=busy_for, draft_shape=draft_shape,

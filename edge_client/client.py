@@ -70,6 +70,7 @@ class EdgeClient:
         k_max = min(draft_tokens, self.welcome.max_draft_tokens)
         return DraftLength(k_max=k_max, adaptive=self.config.adaptive,
                            pipelined=self.config.pipeline, timed=self.config.timed_k,
+                           chained=self.config.pipeline and self.config.chain,
                            round_trip=self.round_trip)
 
     def close(self) -> None:
@@ -136,7 +137,7 @@ class EdgeClient:
             self.drafter, self.link, session_id, tokens, max_new_tokens,
             policy or self.policy, self.stop_ids, stats,
             pipeline=self.config.pipeline, on_wait=on_wait, trace=trace,
-            sampling=sampling.target, shape=self.shape,
+            sampling=sampling.target, shape=self.shape, chain=self.config.chain,
         )
 
     def end_session(self, session_id: int) -> None:

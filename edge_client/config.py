@@ -14,6 +14,7 @@ class ClientConfig:
     draft_tokens: int = 16  # the most tokens one round may draft
     adaptive: bool = True  # pick k per round from live acceptance and timings
     pipeline: bool = True  # keep drafting while a verdict is in flight
+    chain: bool = True  # ... and send the next draft before the verdict (spec_loop.py)
     draft_shape: str = "chain"  # chain or tree per round: chain, tree, auto (measured)
     timed_k: bool = True  # let timings steer k; off for seeded sampling (same k, same tokens)
     timeout_s: float = 120.0

@@ -6,7 +6,8 @@ k + 1 draft evaluations (its k tokens and the target's own, which the draft read
 drafting on) plus one round trip R (wire + verification). When drafting is pipelined, a
 round whose draft and bonus guess all hold (probability about a^(k+1)) overlaps the next
 draft with the round trip and costs max((k + 1) * t_draft, R); any other round costs the
-sum.
+sum. When such a draft is also sent ahead (chained, ``spec_loop.py``), the next pass starts
+as this one ends and a round that holds saves the wire W too: it costs R - W.
 Drafting with nothing in flight may run on more cores (``t_idle``, see ``round_seconds``).
 We pick the k that maximises tokens per second under these running estimates; the
 benchmark's bound (``tools/bound.py``) uses the same round cost with measured parts.
@@ -32,7 +33,7 @@ def expected_tokens(a: float, k: int) -> float:
 
 
 def round_seconds(k: int, a: float, t_draft: float, trip: float, pipelined: bool,
-                  t_idle: float = 0.0, hit: float | None = None) -> float:
+                  t_idle: float = 0.0, hit: float | None = None, saved: float = 0.0) -> float:
     """Expected seconds of one round of draft length ``k`` (derivation: ``tools/bound.py``).
 
     ``t_draft``: seconds a draft evaluation while a verify may run beside it; ``t_idle`` (0:
@@ -42,7 +43,9 @@ def round_seconds(k: int, a: float, t_draft: float, trip: float, pipelined: bool
     (k = 0 leaves the draft idle). Sequential: ``(k + 1) t_idle + trip``. Pipelined: a round
     whose drafts and bonus guess all hold (``a^(k+1)``) costs the trip plus the drafting
     that did not fit in it, done after the verdict at ``t_idle``; any other round costs the
-    sum. ``hit``: that probability when known otherwise than as ``a^(k+1)``.
+    sum. ``hit``: that probability when known otherwise than as ``a^(k+1)``. ``saved``: what
+    such a round saves besides, when the next draft went out chained before its verdict (the
+    wire: the next pass starts as this one ends).
     """
     t_idle = t_idle or t_draft
     evals = k + 1 if k > 0 else 0
@@ -50,7 +53,7 @@ def round_seconds(k: int, a: float, t_draft: float, trip: float, pipelined: bool
         return evals * t_idle + trip
     hit = a ** (k + 1) if hit is None else hit
     overhang = max(0.0, evals * t_draft - trip) * (t_idle / t_draft if t_draft else 1.0)
-    return hit * (trip + overhang) + (1.0 - hit) * (evals * t_idle + trip)
+    return hit * (max(0.0, trip - saved) + overhang) + (1.0 - hit) * (evals * t_idle + trip)
 
 
 @dataclass(slots=True)
@@ -199,6 +202,7 @@ class DraftLength:
     k_min: int = 1
     adaptive: bool = True
     pipelined: bool = False
+    chained: bool = False  # a round that holds has sent the next draft before its verdict
     timed: bool = True  # False: adapt to acceptance only, so a seeded run cuts rounds alike
     smoothing: float = 0.2
     accepted: float = 8.0  # prior: pseudo-counts of accepted and rejected draft tokens
@@ -236,43 +240,47 @@ class DraftLength:
         # untimed (a seeded run) must cut its rounds alike every time, so it never reads the
         # shared model, which other sessions of the client keep measuring
         trips = self.round_trip if self.timed else PRIOR_ROUND_TRIP
-        best = max(lengths, key=lambda k: self._rate(k, held, trips.predict(k + 1)))
+        saved = trips.wire if self.chained else 0.0
+        best = max(lengths, key=lambda k: self._rate(k, held, trips.predict(k + 1), saved))
         self.since_probe += 1
         if self.timed and self.since_probe >= PROBE_EVERY:
-            probe = self._probe(best, lengths, held)
+            probe = self._probe(best, lengths, held, saved)
             if probe is not None:
                 self.since_probe = 0
                 return probe
         return best
 
-    def _rate(self, k: int, held: list[float], trip: float) -> float:
-        """Expected tokens per second of a round of ``k`` whose round trip takes ``trip``."""
+    def _rate(self, k: int, held: list[float], trip: float, saved: float = 0.0) -> float:
+        """Expected tokens per second of a round of ``k`` whose round trip takes ``trip``
+        (``saved``: see ``round_seconds``)."""
         cost = round_seconds(k, 0.0, self.draft_s_per_token, trip, self.pipelined,
-                             self.idle_draft_s_per_token, hit=held[k + 1])
+                             self.idle_draft_s_per_token, hit=held[k + 1], saved=saved)
         return sum(held[:k + 1]) / cost
 
-    def _probe(self, best: int, lengths: range, held: list[float]) -> int | None:
+    def _probe(self, best: int, lengths: range, held: list[float], saved: float = 0.0
+               ) -> int | None:
         """The longest draft shorter than ``best`` whose width is unsure and that would
         beat ``best`` if its pass cost no more than the dearest trusted narrower one
         (optimism under uncertainty: a length is measured only if it could win). Only
         shorter ones: their rounds are cheap, and a wider width priced too low is corrected
         by drafting it, while a narrower one priced too high would never be drafted."""
         model = self.round_trip
-        target = self._rate(best, held, model.predict(best + 1))
+        target = self._rate(best, held, model.predict(best + 1), saved)
         for k in range(best - 1, lengths.start - 1, -1):
             if (model.unsure(k + 1)
-                    and self._rate(k, held, model.lowest(k + 1)) > target):
+                    and self._rate(k, held, model.lowest(k + 1), saved) > target):
                 return k
         return None
 
     def observe(self, k: int, accepted: int, draft_s_per_token: float,
                 round_trip_s: float, width: int = 0, idle_draft_s_per_token: float = 0.0,
-                verify_s: float = 0.0) -> None:
+                verify_s: float = 0.0, timed_trip: bool = True) -> None:
         """Fold one round in; a full accept says nothing about rejection, a miss counts one.
         ``width``: tokens the daemon verified when not k + 1 (a tree of more nodes than its
         depth ``k``). ``draft_s_per_token``: drafting beside a verify (0: none this round);
         ``idle_draft_s_per_token``: drafting with nothing in flight (0: none); ``verify_s``:
-        the daemon's own pass, as its VERDICT reports it (0: not reported)."""
+        the daemon's own pass, as its VERDICT reports it (0: not reported); ``timed_trip``
+        False: the round trip waited on another round (a chained draft), so it is not one."""
         decay = 1.0 - self.smoothing
         self.accepted = self.accepted * decay + accepted
         self.rejected = self.rejected * decay + (1.0 if accepted < k else 0.0)
@@ -287,4 +295,5 @@ class DraftLength:
                 idle_draft_s_per_token if not self.idle_draft_s_per_token else
                 self.idle_draft_s_per_token
                 + self.smoothing * (idle_draft_s_per_token - self.idle_draft_s_per_token))
-        self.round_trip.add(width or k + 1, round_trip_s, verify_s)
+        if timed_trip:
+            self.round_trip.add(width or k + 1, round_trip_s, verify_s)

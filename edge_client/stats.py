@@ -33,6 +33,7 @@ class GenerationStats:
     thread_split: str = ""  # why: "explicit", "same machine", "same machine, GPU", "remote"
     translate_s: float = 0.0  # draft text → target ids (another tokenizer's target only)
     tokenizers: str = "same"  # or "translating tokenizers (N% of the draft's vocabulary ...)"
+    chained_rounds: int = 0  # rounds whose draft went out chained, before the verdict before
     tree_rounds: int = 0  # rounds that drafted a token tree rather than a chain
     tree_nodes: int = 0  # draft tokens in those trees, all branches
     tree_depth: int = 0  # their depths, summed

@@ -31,7 +31,11 @@ V(k+1)`` plus whatever drafting did not fit in it, done after the verdict at ``t
 ``T + max(0, n t_d - T) t_i / t_d`` (with ``t_i = t_d`` this is ``max(n t_d, T)``);
 otherwise drafting and the trip in turn:
 
-    C_p(k) = h (T + max(0, n t_d - T) t_i / t_d) + (1 - h) (n t_i + T).
+    C_p(k) = h (T - R + max(0, n t_d - T) t_i / t_d) + (1 - h) (n t_i + T).
+
+The ``- R``: the drafts made ahead are also *sent* ahead, chained on that guess
+(``spec_loop.py``), so when it holds the next pass starts as this one ends and the next
+verdict follows this one by a pass, not by a round trip.
 
 **Why one k is optimal.** Acceptance is independent across rounds, so rounds are renewal
 cycles: over many rounds tokens/s = sum(tokens) / sum(seconds) -> E[tokens] / E[cost], and a
@@ -133,7 +137,8 @@ def round_cost(parts: Parts, a: float, k: int, pipelined: bool) -> float:
     """Expected seconds of one round with draft length ``k``."""
     trip = parts.round_trip_s + parts.verify(k + 1)
     return round_seconds(k, a, parts.draft_s_per_token, trip, pipelined,
-                         parts.draft_idle_s_per_token)
+                         parts.draft_idle_s_per_token,
+                         saved=parts.round_trip_s if pipelined else 0.0)
 
 
 def rate(parts: Parts, a: float, k: int, pipelined: bool) -> float:

@@ -56,6 +56,7 @@ from edgespec.wire.errors import (
     ModelMismatch,
     OutOfSync,
     Overloaded,
+    StaleDraft,
     UnknownSession,
     Unsupported,
 )
@@ -99,6 +100,8 @@ class Engine:
         self.expired = 0
         self.round_shapes: dict[tuple[int, int], int] = {}  # (drafted, accepted) -> rounds
         self.non_finite = 0
+        self.chained = 0  # chained DRAFTs that waited on a draft in flight
+        self.stale_drafts = 0  # ... answered STALE_DRAFT: their guess did not hold
         self.superseded: list[Reply] = []  # answers to requests a re-open replaced (server drains)
         self.utilization = 0.0  # decayed fraction of wall time spent in forward passes
         self._last_pass = (0.0, 0.0)  # (start, seconds) of the previous forward pass
@@ -192,17 +195,18 @@ class Engine:
         if len(tokens) >= self.max_context:
             raise LimitExceeded(f"{len(tokens)} tokens exceed the context of {self.max_context}")
         self._check_fits(len(tokens))
-        if old is not None and old.pending is not None:  # answered: nothing is left hanging
-            self.superseded.append(Reply(
-                old.peer, sid, old.pending.seq, Error(
+        for work in (old.pending, old.queued) if old is not None else ():
+            if work is not None:  # answered: nothing is left hanging
+                self.superseded.append(Reply(old.peer, sid, work.seq, Error(
                     ErrorCode.OUT_OF_SYNC, "superseded by a re-open of this session"),
-                old.pending.epoch))
+                    work.epoch))
         if old is not None and old.peer != peer:  # a reconnect (the server refused stale epochs)
             log.info("session %#x moves to a new connection", sid)
             old.peer = peer
         now = time.monotonic()
         if old is not None:
             self.scheduler.done(old)  # a re-open supersedes whatever was in flight
+            old.queued = None
             old.address = address or old.address
             keep = min(old.cached, _common_prefix(old.tokens[:-1], tokens[:-1]))
             keep = self.blocks.truncate(old.blocks, keep)
@@ -232,27 +236,65 @@ class Engine:
 
     def _queue_draft(self, peer: bytes, sid: int, seq: int, msg: Draft, epoch: int = 0,
                      owner: str = "") -> None:
+        """Queue a DRAFT for the next step; a chained one (``msg.chained``) sent while the
+        session's previous DRAFT is in flight waits for that verdict (``_release_queued``)."""
         session = self._session(peer, sid, owner)
-        if session.pending is not None:
+        base = msg.base_length
+        after = session.pending
+        if msg.chained:
+            if after is not None and (after.kind != "draft" or session.queued is not None):
+                raise OutOfSync("a chained draft may follow only one draft in flight")
+            full = session.length + len(after.draft) + 1 if after is not None else base
+            if base != full:
+                raise OutOfSync(f"chained draft extends {base} tokens, but a full accept of "
+                                f"the draft in flight makes {full}")
+        elif after is not None:
             raise OutOfSync("the session's previous request is still being served")
-        if msg.base_length != session.length:
-            raise OutOfSync(
-                f"draft extends {msg.base_length} tokens but the session holds {session.length}"
-            )
+        elif base != session.length:
+            raise OutOfSync(f"draft extends {base} tokens but the session holds {session.length}")
         if len(msg.tokens) > self.config.max_draft_tokens:
             raise LimitExceeded(
                 f"draft of {len(msg.tokens)} exceeds {self.config.max_draft_tokens}")
         self._check_tokens(msg.tokens)
         if msg.q is not None:
             self._check_tokens(msg.q.ids)
-        if session.length + len(msg.tokens) >= self.max_context:
+        if msg.chained:
+            self._check_tokens(np.asarray([msg.root]))
+        if base + len(msg.tokens) >= self.max_context:
             raise LimitExceeded(f"context of {self.max_context} tokens is full")
-        self._check_fits(session.length + len(msg.tokens))
+        self._check_fits(base + len(msg.tokens))
+        if after is None and msg.chained and (base != session.length
+                                              or session.tokens[-1] != msg.root):
+            self.stale_drafts += 1  # came after the verdict it was chained on, which missed
+            raise StaleDraft(f"chained draft continues {base} tokens ending in {msg.root}; "
+                             f"the session holds {session.length} ending in "
+                             f"{session.tokens[-1]}")
         now = time.monotonic()
         self.scheduler.touch(session, now)
         parents = None if msg.parents is None else msg.parents.tolist()
-        self.scheduler.submit(session, Work("draft", seq, epoch, self.scheduler.step_no, now,
-                                            msg.tokens.tolist(), msg.q, parents))
+        work = Work("draft", seq, epoch, self.scheduler.step_no, now, msg.tokens.tolist(), msg.q,
+                    parents, msg.root, base)
+        if after is not None:
+            session.queued = work
+            self.chained += 1
+        else:
+            self.scheduler.submit(session, work)
+
+    def _release_queued(self, session: Session) -> Reply | None:
+        """After a round: run the chained draft waiting on it if its guess held (the
+        session's new length and last token are what it assumed), else answer it
+        ``STALE_DRAFT`` unverified."""
+        work, session.queued = session.queued, None
+        if work is None:
+            return None
+        if session.pending is None and work.base == session.length \
+                and session.tokens[-1] == work.root:
+            work.arrived_step = self.scheduler.step_no
+            self.scheduler.submit(session, work)
+            return None
+        self.stale_drafts += 1
+        return Reply(session.peer, session.sid, work.seq, Error(
+            ErrorCode.STALE_DRAFT, "the guess it was chained on did not hold"), work.epoch)
 
     def expire(self, now: float) -> int:
         """Drop sessions idle past the limit (a client that vanished); returns how many."""
@@ -294,6 +336,9 @@ class Engine:
                 n = len(chunk.tokens)
                 replies.append(self._finish_round(chunk, logits[row:row + n], verify_us, now,
                                                   budgets.get(chunk.session.sid, share)))
+                stale = self._release_queued(chunk.session)
+                if stale is not None:
+                    replies.append(stale)
                 row += n
             else:
                 reply = self._finish_prefill(chunk, now)
@@ -408,6 +453,11 @@ class Engine:
         else:
             msg = Error(ErrorCode.UNKNOWN_SESSION,
                         "session evicted under memory pressure: re-open it with the full history")
+        if session.queued is not None:  # answered too, after the round it was chained on
+            queued, session.queued = session.queued, None
+            self.superseded.append(Reply(session.peer, session.sid, queued.seq, Error(
+                ErrorCode.STALE_DRAFT, "the draft it was chained on was evicted"),
+                queued.epoch))
         return Reply(session.peer, session.sid, work.seq, msg, work.epoch)
 
     def fail_waiting(self, message: str) -> list[Reply]:
@@ -415,9 +465,10 @@ class Engine:
         replies = []
         for sid in list(self.scheduler.waiting):
             session = self.scheduler.remove(sid)
-            if session is not None and session.pending is not None:
-                replies.append(Reply(session.peer, sid, session.pending.seq,
-                                     Error(ErrorCode.INTERNAL, message), session.pending.epoch))
+            for work in (session.pending, session.queued) if session is not None else ():
+                if work is not None:
+                    replies.append(Reply(session.peer, sid, work.seq,
+                                         Error(ErrorCode.INTERNAL, message), work.epoch))
         return replies
 
     # ------------------------------------------------------------ checks and stats
@@ -453,7 +504,8 @@ class Engine:
             "prefix_hit_tokens": self.blocks.prefix_hit_tokens,
             "evictions": s.evictions, "preemptions": s.preemptions, "busy": self.busy,
             "expired": self.expired, "max_wait_steps": s.max_wait_steps,
-            "non_finite": self.non_finite, "utilization": round(self.utilization, 3),
+            "non_finite": self.non_finite, "chained": self.chained,
+            "stale_drafts": self.stale_drafts, "utilization": round(self.utilization, 3),
             "goodput_steps": self.goodput_steps, "step_ms_target": round(s.step_s * 1000, 1),
             "ms_per_token": round(s.s_per_token * 1000, 3),
             "ms_per_step": round(s.s_overhead * 1000, 3),

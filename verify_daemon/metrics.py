@@ -125,9 +125,11 @@ class EngineCollector(Collector):
                 ("busy", "OPENs answered busy (OVERLOADED, with a retry-after)."),
                 ("expired", "Sessions freed after --session-idle."),
                 ("goodput_steps", "Steps whose draft budgets came from the goodput rule "
-                 "(the server was the bottleneck: --draft-budget).")):
+                 "(the server was the bottleneck: --draft-budget)."),
+                ("chained", "Chained DRAFTs that arrived while the draft before was in flight."),
+                ("stale_drafts", "Chained DRAFTs answered STALE_DRAFT: their guess failed.")):
             name = {"prefix_hit_tokens": "prefix_cache_hit_tokens", "busy": "busy_replies",
-                    "expired": "expired_sessions"}.get(key, key)
+                    "expired": "expired_sessions", "chained": "chained_drafts"}.get(key, key)
             yield CounterMetricFamily(f"verifyd_{name}", help_text, value=stats[key])
         for key, name, help_text in (
                 ("sessions", "sessions_active", "Sessions held (KV kept for the client)."),

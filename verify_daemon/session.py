@@ -20,6 +20,8 @@ class Work:
     draft: list[int] = field(default_factory=list)
     q: SparseQ | None = None  # the draft's sparse distribution, when it sampled (issue 4)
     parents: list[int] | None = None  # a token tree: each node's parent (-1: the root)
+    root: int = -1  # a chained draft: the guessed next token it continues (wire/codec.py)
+    base: int = 0  # ... and the session length it continues, once that guess holds
 
 
 @dataclass(slots=True)
@@ -43,6 +45,7 @@ class Session:
     cached: int = 0
     published: int = 0  # leading blocks published for other sessions to share (block_manager)
     pending: Work | None = None
+    queued: Work | None = None  # a chained DRAFT waiting on ``pending``'s verdict (one at most)
     admitted_step: int = 0
     rounds: int = 0
     drafted: int = 0

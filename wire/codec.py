@@ -38,6 +38,7 @@ TokenArray = npt.NDArray[np.int32]
 ProbArray = npt.NDArray[np.float32]
 _I32 = np.dtype("<i4")
 _F32 = np.dtype("<f4")
+_I32_MAX = 2**31 - 1
 Q_SUM_TOLERANCE = 1e-3  # float32 probabilities of one support must sum to 1 within this
 DEFAULT_LIMITS = Limits()
 MAX_RETRY_AFTER_MS = 600_000  # a busy daemon never asks for more than ten minutes
@@ -376,16 +377,25 @@ class Draft:
     continues node ``parents[i]``, or the session's last verified token when that is -1, and
     q's row i is node i's distribution. Without it they are one chain, sent compactly.
 
-    Body frames: fixed, tokens [, q counts, q ids, q probs] [, parents], so 2 (chain),
-    3 (tree), 5 (chain + q) or 6 (tree + q).
+    With ``root`` (>= 0) the draft is *chained*: sent while the session's previous DRAFT is
+    still in flight, it continues the guess that the whole previous draft holds and that the
+    target's own next token is ``root``. The daemon verifies it right after that round when
+    the guess held (``base_length`` is then the session's new length and ``root`` its last
+    token), and answers ``STALE_DRAFT`` without running it otherwise: a round trip saved, or
+    nothing lost. A chained draft is a chain.
+
+    Body frames: fixed (base u32 [, root u32]), tokens [, q counts, q ids, q probs]
+    [, parents], so 2 (chain), 3 (tree), 5 (chain + q) or 6 (tree + q).
     """
 
     TYPE: ClassVar[MsgType] = MsgType.DRAFT
     _FMT: ClassVar[struct.Struct] = struct.Struct("<I")
+    _FMT_CHAINED: ClassVar[struct.Struct] = struct.Struct("<II")
     base_length: int
     tokens: TokenArray
     q: SparseQ | None = None
     parents: TokenArray | None = None
+    root: int = -1  # >= 0: chained after a draft in flight, on this guessed next token
 
     @property
     def is_tree(self) -> bool:
@@ -404,8 +414,14 @@ class Draft:
             return np.arange(1, len(self.tokens) + 1, dtype=np.int32)
         return check_tree(self.parents, max(len(self.tokens), 1))
 
+    @property
+    def chained(self) -> bool:
+        return self.root >= 0
+
     def body(self) -> list[bytes]:
-        frames = [self._FMT.pack(self.base_length), _tokens_to_frame(self.tokens)]
+        fixed = (self._FMT_CHAINED.pack(self.base_length, self.root) if self.chained
+                 else self._FMT.pack(self.base_length))
+        frames = [fixed, _tokens_to_frame(self.tokens)]
         if self.q is not None:
             frames += [_tokens_to_frame(self.q.counts), _tokens_to_frame(self.q.ids),
                        np.ascontiguousarray(self.q.probs, dtype=_F32).tobytes()]
@@ -417,13 +433,20 @@ class Draft:
     def parse(cls, frames: list[bytes], limits: Limits) -> Draft:
         if len(frames) not in (2, 3, 5, 6):
             raise MalformedFrame(f"DRAFT: expected 2, 3, 5 or 6 body frames, got {len(frames)}")
-        (base,) = _unpack(cls._FMT, frames[0], "DRAFT")
+        if len(frames[0]) == cls._FMT_CHAINED.size:
+            base, root = _unpack(cls._FMT_CHAINED, frames[0], "DRAFT")
+            if root > _I32_MAX:
+                raise MalformedFrame(f"DRAFT: chained root {root} is not a token id")
+        else:
+            (base,), root = _unpack(cls._FMT, frames[0], "DRAFT"), -1
         tokens = _tokens_from_frame(frames[1], limits.max_draft_tokens, limits, "DRAFT tokens")
         parents = None
         if len(frames) in (3, 6):
+            if root >= 0:
+                raise MalformedFrame("DRAFT: a chained draft is a chain, not a tree")
             parents = _parents_from_frame(frames[-1], len(tokens), limits)
         if len(frames) in (2, 3):
-            return cls(base, tokens, None, parents)
+            return cls(base, tokens, None, parents, root)
         most = limits.max_draft_tokens * limits.max_q_support
         counts = _tokens_from_frame(frames[2], limits.max_draft_tokens, limits, "DRAFT q sizes")
         ids = _tokens_from_frame(frames[3], most, limits, "DRAFT q ids")
@@ -432,7 +455,7 @@ class Draft:
         probs = np.frombuffer(frames[4], dtype=_F32).astype(np.float32, copy=False)
         q = SparseQ(counts, ids, probs)
         check_sparse_q(tokens, q, limits)  # one row per node: counts must match the tokens
-        return cls(base, tokens, q, parents)
+        return cls(base, tokens, q, parents, root)
 
 
 def _parents_from_frame(frame: bytes, nodes: int, limits: Limits) -> TokenArray:

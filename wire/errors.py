@@ -23,6 +23,7 @@ class ErrorCode(IntEnum):
     BAD_DISTRIBUTION = 13
     STALE_EPOCH = 14
     RATE_LIMITED = 15
+    STALE_DRAFT = 16
 
 
 class WireError(Exception):
@@ -98,6 +99,14 @@ class RateLimited(WireError):
     """This connection sent more requests per second than the daemon's ``--max-rate``."""
 
     code = ErrorCode.RATE_LIMITED
+
+
+class StaleDraft(WireError):
+    """A chained DRAFT whose guess did not hold (the round before it was not wholly accepted,
+    or the target's next token was another): dropped unverified, nothing changed. Expected,
+    not a fault: the client drafts again from the verdict it already has."""
+
+    code = ErrorCode.STALE_DRAFT
 
 
 # Every typed error defined above, by its code (derived, so a new class cannot be forgotten).

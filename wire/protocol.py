@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 MAGIC = b"ESPD"
-VERSION = 4  # 2: the reserved u16 of version 1 carries the connection epoch; 3: WELCOME
+VERSION = 5  # 2: the reserved u16 of version 1 carries the connection epoch; 3: WELCOME
 #              says where the daemon runs (host id, CPU threads); 4: VERDICT carries the
-#              daemon's draft budget and a tree's accepted path; DRAFT may carry a tree
+#              daemon's draft budget and a tree's accepted path; DRAFT may carry a tree;
+#              5: a DRAFT may be chained after one in flight (its root token)
 HEADER = struct.Struct("<4sBBHQI")
 FINGERPRINT_BYTES = 32
 HOST_ID_BYTES = 16

@@ -3,7 +3,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from edgespec.edge_client.draft_length import DraftLength, RoundTripModel, expected_tokens
+from edgespec.edge_client.draft_length import (
+    DraftLength,
+    RoundTripModel,
+    expected_tokens,
+    round_seconds,
+)
 
 
 def test_expected_tokens_limits():
@@ -229,3 +234,28 @@ def test_an_untimed_policy_ignores_what_other_sessions_measured():
         assert beside.next_k(100) == fresh.next_k(100)
         for policy in (beside, fresh):
             policy.observe(policy.next_k(100), 2, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("a", [0.6, 0.7, 0.8, 0.9])
+def test_chained_drafts_favour_shorter_rounds_that_hold_more_often(a: float):
+    """A round that holds whole has sent the next draft ahead: the wire is saved on it, so
+    the rate favours the shorter drafts that hold more often (a 100 ms wire, 50 ms pass)."""
+    chosen = {}
+    for chained in (False, True):
+        trips = RoundTripModel()
+        for width in range(1, 18):
+            for _ in range(3):
+                trips.add(width, 0.15 + 0.004 * width, 0.05 + 0.004 * width)
+        policy = DraftLength(k_max=16, pipelined=True, chained=chained, round_trip=trips,
+                             draft_s_per_token=0.008, accepted=100 * a, rejected=100 * (1 - a))
+        chosen[chained] = policy.next_k(100)
+        held = policy.survival(chosen[chained] + 1)
+        trip = trips.predict(chosen[chained] + 1)
+        assert chosen[chained] >= 1
+        if chained:  # its hits cost the pass alone
+            hit = held[chosen[chained] + 1]
+            cost = round_seconds(chosen[chained], 0.0, 0.008, trip, True, hit=hit,
+                                 saved=trips.wire)
+            assert cost == pytest.approx(hit * (trip - trips.wire) + (1 - hit) * (
+                chosen[chained] * 0.008 + 0.008 + trip))
+    assert chosen[True] < chosen[False]

@@ -30,10 +30,12 @@ def test_greedy_matches_target_alone_on_chat_and_code(daemon, check_exact, tmp_p
     prompt_file.write_text("\n".join(json.dumps(x) for x in lines))
     results = run_generate(daemon.endpoint, prompt_file, "--max-tokens", str(MAX_NEW))
     assert [r["id"] for r in results] == [x["id"] for x in lines]
-    accepted = drafted = 0
+    accepted = drafted = chained = 0
     for result in results:
         assert "error" not in result, result
         check_exact(result["prompt_token_ids"], result["token_ids"], MAX_NEW)
         accepted += result["stats"]["accepted"]
         drafted += result["stats"]["drafted"]
+        chained += result["stats"]["chained_rounds"]
     assert drafted > 0 and accepted / drafted > 0.5  # the draft is doing real work
+    assert chained > 0  # and drafts sent ahead, chained on a guess, were verified too

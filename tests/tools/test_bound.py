@@ -49,13 +49,15 @@ def test_sequential_round_is_drafting_plus_trip_plus_verify():
     assert round_cost(parts, 0.5, 0, pipelined=False) == pytest.approx(0.02 + 0.03)
 
 
-def test_pipelining_hides_drafting_only_when_the_round_hits():
+def test_pipelining_hides_drafting_and_the_wire_only_when_the_round_hits():
+    """A hit's next draft was drafted and sent (chained) during the trip: the next pass
+    follows this one directly, so the round costs its pass alone."""
     parts = Parts(0.01, FLAT, round_trip_s=0.05)
     a, k = 0.8, 4
     hit = a ** 5
     seq = round_cost(parts, a, k, pipelined=False)
     pipe = round_cost(parts, a, k, pipelined=True)
-    assert pipe == pytest.approx(hit * 0.10 + (1 - hit) * 0.15)
+    assert pipe == pytest.approx(hit * 0.05 + (1 - hit) * 0.15)
     assert pipe < seq
 
 

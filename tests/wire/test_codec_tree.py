@@ -49,8 +49,8 @@ def code_of(frames: list[bytes], limits: Limits = DEFAULT_LIMITS) -> ErrorCode:
     return info.value.code
 
 
-def test_version_is_4():
-    assert VERSION == 4
+def test_version_is_5():
+    assert VERSION == 5
 
 
 # ---------------------------------------------------------------- DRAFT round trips
@@ -268,3 +268,28 @@ def test_check_path_walks_the_tree_from_the_root():
             check_path(parents, bad)
     with pytest.raises(MalformedFrame, match="not a tree"):
         check_path(None, (0,))
+
+
+# ---------------------------------------------------------------- chained DRAFTs
+
+
+@pytest.mark.parametrize("q", [None, one_hot_q((11, 12, 13))])
+def test_chained_draft_round_trips_with_its_root(q: SparseQ | None):
+    sent = Draft(9, arr(11, 12, 13), q, root=77)
+    frames = encode(sent)
+    assert len(frames[1]) == 8  # base and root
+    got = roundtrip(sent)
+    assert isinstance(got, Draft) and got.chained and got.root == 77
+    assert got.base_length == 9 and got.tokens.tolist() == [11, 12, 13]
+    assert (got.q is None) == (q is None)
+    plain = roundtrip(Draft(9, arr(11)))
+    assert isinstance(plain, Draft) and not plain.chained and len(encode(Draft(9, arr(11)))[1]) == 4
+
+
+def test_malformed_chained_drafts_are_typed_errors():
+    tree = encode(Draft(9, arr(*TOKENS), parents=arr(*TREE)))
+    chained_tree = [tree[0], struct.pack("<II", 9, 5), *tree[2:]]
+    assert code_of(chained_tree) == ErrorCode.MALFORMED  # a chained draft is a chain
+    chain = encode(Draft(9, arr(11, 12)))
+    assert code_of([chain[0], struct.pack("<II", 9, 2**31), *chain[2:]]) == ErrorCode.MALFORMED
+    assert code_of([chain[0], struct.pack("<IH", 9, 5), *chain[2:]]) == ErrorCode.MALFORMED
