@@ -76,10 +76,12 @@ RTT_SET_FIELDS = (
 RTT_FIELDS = (
     "edgespec_tok_s", "speedup_vs_target_daemon_cores", "per_token_acceptance",
     "mean_draft_length", "tokens_per_round", "expected_tokens_per_round", "round_trip_ms",
-    "draft_shape", "mean_tree_nodes", "mean_tree_depth", "bound")
+    "chained_share", "draft_shape", "mean_tree_nodes", "mean_tree_depth", "bound")
 # with --vs-chain: the same client drafting chains only, through the same relay
 RTT_CHAIN_FIELDS = ("chain_tok_s", "chain_tokens_per_round", "over_chain_tok_s",
                     "over_chain_tokens_per_round")
+# with --vs-unchained: the same client never sending a draft chained (--no-chain)
+RTT_UNCHAINED_FIELDS = ("unchained_tok_s", "over_unchained_tok_s")
 BOUND_FIELDS = ("bound_sequential_tok_s", "bound_sequential_k", "bound_pipelined_tok_s",
                 "bound_pipelined_k", "bound_tok_s", "measured_over_bound")
 COMPONENT_FIELDS = ("draft_ms_per_token", "draft_idle_ms_per_token",
@@ -209,9 +211,12 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
              workdir: Path, sampling: bool = False,
              draft_temperature: float | None = None,
              rtts: list[float] | None = None, draft_shape: str = "chain",
-             vs_chain: bool = False) -> dict[str, Any]:
+             vs_chain: bool = False, vs_unchained: bool = False) -> dict[str, Any]:
     """One pair on every set. ``rtts``: instead of the daemon at k = 0, edgespec through a
-    delay relay at each round trip, against the target alone on the daemon's cores."""
+    delay relay at each round trip, against the target alone on the daemon's cores (and
+    with ``vs_chain``/``vs_unchained`` the same client drafting chains only, or never
+    sending a draft chained, side by side; the edgespec runs take turns in order, since
+    the second to open a prompt finds its prefix in verifyd's cache)."""
     from edgespec.edge_client.client import EdgeClient, new_session_id
     from edgespec.edge_client.config import ClientConfig
     from edgespec.edge_client.sampling_setup import SamplingOptions
@@ -226,21 +231,24 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
     alone = TargetAlone(target, threads)
     relays = {rtt: Relay.symmetric(daemon.endpoint, rtt) for rtt in rtts or ()}
 
-    def new_client(endpoint: str, shape: str = draft_shape) -> EdgeClient:
+    def new_client(endpoint: str, shape: str = draft_shape, chain: bool = True
+                   ) -> EdgeClient:
         return EdgeClient(ClientConfig(server=endpoint, draft_path=str(draft),
                                        threads=split_threads, draft_tokens=k,
-                                       pipeline=pipeline, draft_shape=shape))
+                                       pipeline=pipeline, draft_shape=shape, chain=chain))
 
     client = new_client(daemon.endpoint)
     clients = ({rtt: new_client(r.endpoint) for rtt, r in relays.items()} if rtts
                else {0.0: client})
-    chains = ({rtt: new_client(r.endpoint, "chain") for rtt, r in relays.items()}
-              if rtts and vs_chain else {})
+    others = {"chain": {rtt: new_client(r.endpoint, "chain") for rtt, r in relays.items()}
+              if rtts and vs_chain else {},
+              "unchained": {rtt: new_client(r.endpoint, chain=False)
+                            for rtt, r in relays.items()} if rtts and vs_unchained else {}}
+    alike = [name for name, by_rtt in others.items() if by_rtt]
     daemon_threads = split_threads or client.threads.daemon
     if rtts:
         methods = ["target_generate", "target_daemon_cores",
-                   *(f"{name}@{rtt:g}" for rtt in rtts
-                     for name in (("edgespec", "chain") if vs_chain else ("edgespec",)))]
+                   *(f"{name}@{rtt:g}" for rtt in rtts for name in ("edgespec", *alike))]
     else:
         methods = list(METHODS)
     results: dict[str, Any] = {}
@@ -266,7 +274,7 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
 
         warm = client.prompt_tokens("Hello")
         alone.greedy(warm, 4, client.stop_ids)
-        for via in [*clients.values(), *chains.values()]:
+        for via in [*clients.values(), *(c for by in others.values() for c in by.values())]:
             edgespec_run(via, warm, k, GenerationStats())
         first_text, first_raw = load_prompts(sets[0], 1)[0]
         first = (client.prompt_tokens(first_text) if first_raw
@@ -284,14 +292,16 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
             for seed, (text, raw) in enumerate(prompts, 1):
                 ids = (client.prompt_tokens(text) if raw
                        else client.chat_tokens([{"role": "user", "content": text}]))
-                for method in methods:
+                turns = [m for m in methods if not m.startswith("target_")]
+                for method in [*methods[:len(methods) - len(turns)],
+                               *(turns if seed % 2 else turns[::-1])]:
                     t0 = time.perf_counter()
                     if method.startswith("target_"):
                         out = alone_run(ids, threads if method == "target_generate"
                                         else daemon_threads, seed)
                     elif "@" in method:
                         name, _, at = method.partition("@")
-                        via = (chains if name == "chain" else clients)[float(at)]
+                        via = others.get(name, clients)[float(at)]
                         out = edgespec_run(via, ids, k, stats_of[method], seed)
                     else:
                         out = edgespec_run(client, ids, 0 if method == "daemon_k0" else k,
@@ -311,7 +321,8 @@ def run_pair(pair: str, sets: list[str], n: int, max_new: int, k: int, threads: 
                 summarize_rtt(tallies, stats_of, components, pipeline, not sampling) if rtts
                 else summarize(tallies, stats_of, components, pipeline, not sampling))
     finally:
-        for via in {id(c): c for c in [client, *clients.values(), *chains.values()]}.values():
+        every = [client, *clients.values(), *(c for by in others.values() for c in by.values())]
+        for via in {id(c): c for c in every}.values():
             via.close()
         for relay in relays.values():
             relay.close()
@@ -396,6 +407,8 @@ def summarize_rtt(tallies: dict[str, Tally], stats_of: dict[str, Any],
             # what the client's draft-length policy expected of its rounds (its model's error)
             "expected_tokens_per_round": round(stats.expected_tokens_per_round, 3),
             "round_trip_ms": round(stats.round_trip_ms, 1),
+            "chained_share": round(stats.chained_rounds / stats.rounds, 3) if stats.rounds
+            else 0.0,
             "draft_shape": stats.draft_shape,
             "mean_tree_nodes": round(stats.tree_nodes / stats.tree_rounds, 2)
             if stats.tree_rounds else 0.0,
@@ -415,6 +428,12 @@ def summarize_rtt(tallies: dict[str, Tally], stats_of: dict[str, Any],
                 "over_chain_tokens_per_round": round(
                     stats.tokens_per_round / chain_stats.tokens_per_round, 3)
                 if chain_stats.tokens_per_round else 0})
+        unchained = tallies.get(f"unchained@{rtt:g}")
+        if unchained is not None:
+            row.update({
+                "unchained_tok_s": round(unchained.tok_s, 2),
+                "over_unchained_tok_s": round(tally.tok_s / unchained.tok_s, 3)
+                if unchained.tok_s else 0})
     return {"target_generate_tok_s": round(base.tok_s, 2),
             "target_daemon_cores_tok_s": round(local.tok_s, 2),
             "identical_token_ids": identical, "tokens": base.tokens,
@@ -463,8 +482,8 @@ def print_rtt_table(console: Console, results: dict[str, Any], caption: str = ""
     table = Table(title="edgespec under a round trip vs the target alone on the daemon's "
                   "cores (tokens/s)", caption=caption)
     for col in ("pair", "set", "RTT ms", "alone", "edgespec", "× alone", "α", "tok/round",
-                "trees (nodes, depth)", "chain", "tok/round", "× chain", "bound", "/bound",
-                "identical"):
+                "chained", "trees (nodes, depth)", "chain", "tok/round", "× chain",
+                "unchained", "× unch.", "bound", "/bound", "identical"):
         table.add_column(col, justify="right")
     for pair, sets in results.items():
         for name, r in sets.items():
@@ -472,11 +491,14 @@ def print_rtt_table(console: Console, results: dict[str, Any], caption: str = ""
                 chain = ((f"{x['chain_tok_s']:.1f}", f"{x['chain_tokens_per_round']:.2f}",
                           f"{x['over_chain_tok_s']:.2f}") if "chain_tok_s" in x
                          else ("", "", ""))
+                unchained = ((f"{x['unchained_tok_s']:.1f}", f"{x['over_unchained_tok_s']:.2f}")
+                             if "unchained_tok_s" in x else ("", ""))
                 table.add_row(pair, name, rtt, f"{r['target_daemon_cores_tok_s']:.1f}",
                               f"{x['edgespec_tok_s']:.1f}",
                               f"{x['speedup_vs_target_daemon_cores']:.2f}",
                               f"{x['per_token_acceptance']:.2f}",
-                              f"{x['tokens_per_round']:.2f}", x["draft_shape"], *chain,
+                              f"{x['tokens_per_round']:.2f}", f"{x['chained_share']:.0%}",
+                              x["draft_shape"], *chain, *unchained,
                               f"{x['bound']['bound_tok_s']:.1f}",
                               f"{x['bound']['measured_over_bound']:.2f}",
                               {True: "yes", False: "NO", None: "n/a"}[r["identical_token_ids"]])
@@ -510,7 +532,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def plot_rtt(results: dict[str, Any], path: Path) -> None:
-    """tok/s against round trip, one panel per pair: each set, its bound, the target alone."""
+    """tok/s against round trip, one panel per pair: each set, its bound, the target alone
+    (and the chains-only or --no-chain runs when measured)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -528,6 +551,9 @@ def plot_rtt(results: dict[str, Any], path: Path) -> None:
             if all("chain_tok_s" in x for x in r["rtt"].values()):
                 ax.plot(rtts, [x["chain_tok_s"] for x in r["rtt"].values()], "x-.",
                         color=color, lw=0.8, label=f"chains only {name}")
+            if all("unchained_tok_s" in x for x in r["rtt"].values()):
+                ax.plot(rtts, [x["unchained_tok_s"] for x in r["rtt"].values()], "+-.",
+                        color=color, lw=0.8, label=f"--no-chain {name}")
             ax.axhline(r["target_daemon_cores_tok_s"], color=color, ls="--", lw=0.8,
                        label=f"target alone {name}")
         ax.set_xlabel("round trip (ms)")
@@ -565,6 +591,9 @@ def plot_rtt(results: dict[str, Any], path: Path) -> None:
               help="edgespec's draft shape (the client's --draft-shape).")
 @click.option("--vs-chain", is_flag=True,
               help="With --rtt: also run the same client drafting chains only, side by side.")
+@click.option("--vs-unchained", is_flag=True,
+              help="With --rtt: also run the same client with --no-chain (no draft sent "
+                   "before the verdict before it), side by side.")
 @click.option("--draft-temperature", type=float, default=None,
               help="With --sampling: the draft's temperature [default: 0.7, a sparse q]; "
                    "0 = argmax draft, one-hot q (ids only on the wire).")
@@ -572,7 +601,7 @@ def plot_rtt(results: dict[str, Any], path: Path) -> None:
 def main(ctx: click.Context, pairs: str, sets_: str, n: int, max_tokens: int,
          draft_tokens: int, threads: int, split_threads: int, pipeline: bool, as_json: bool,
          plot_path: str, sampling: bool, rtt_: str | None, draft_shape: str, vs_chain: bool,
-         draft_temperature: float | None) -> None:
+         vs_unchained: bool, draft_temperature: float | None) -> None:
     """Measure edgespec against the target alone, side by side (``batching``: many users)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -584,7 +613,7 @@ def main(ctx: click.Context, pairs: str, sets_: str, n: int, max_tokens: int,
             results[pair] = run_pair(pair, sets_.split(","), n, max_tokens, draft_tokens,
                                      threads, split_threads, pipeline, progress, Path(tmp),
                                      sampling, draft_temperature, rtts, draft_shape,
-                                     vs_chain)
+                                     vs_chain, vs_unchained)
     split = (f"draft {split_threads} + verifyd {split_threads} threads" if split_threads
              else "no thread flags (each side's default split)")
     caption = (f"{cpu_model()} · {usable_cores()} cores · generate {threads} threads · {split}"

@@ -14,6 +14,7 @@ from edgespec.tools.bench import (
     RTT_CHAIN_FIELDS,
     RTT_FIELDS,
     RTT_SET_FIELDS,
+    RTT_UNCHAINED_FIELDS,
     SET_FIELDS,
     Components,
     Tally,
@@ -90,6 +91,18 @@ def test_rtt_chain_fields_come_with_vs_chain():
         assert row["draft_shape"] == "tree (8.0 nodes, depth 4.0)"
 
 
+def test_rtt_unchained_fields_come_with_vs_unchained():
+    rtts = (50.0,)
+    tallies = {"target_generate": tally(60, 4.0), "target_daemon_cores": tally(60, 5.0),
+               "edgespec@50": tally(60, 2.0), "unchained@50": tally(60, 2.5)}
+    chained = replace(stats(), chained_rounds=4)
+    out = summarize_rtt(tallies, {"edgespec@50": chained, "unchained@50": stats()},
+                        components(rtts), pipeline=True)
+    row = out["rtt"]["50"]
+    assert tuple(row) == RTT_FIELDS + RTT_UNCHAINED_FIELDS
+    assert row["over_unchained_tok_s"] == 1.25 and row["chained_share"] == 0.4
+
+
 def test_batching_fields_match_the_constant():
     row = system_row(100, 2.0, [10.0, 20.0, 30.0], 25, 2048 * 1024, 0, {})
     assert tuple(row) == SYSTEM_FIELDS
@@ -99,7 +112,8 @@ def test_batching_fields_match_the_constant():
 
 
 @pytest.mark.parametrize("fields", [SET_FIELDS, RTT_SET_FIELDS, RTT_FIELDS, RTT_CHAIN_FIELDS,
-                                    BOUND_FIELDS, COMPONENT_FIELDS, SYSTEM_FIELDS])
+                                    RTT_UNCHAINED_FIELDS, BOUND_FIELDS, COMPONENT_FIELDS,
+                                    SYSTEM_FIELDS])
 def test_readme_documents_every_field(fields: tuple[str, ...]):
     documented = set(re.findall(r"`([a-z0-9_]+)`", benchmark_section()))
     assert set(fields) - documented == set()
