@@ -4,21 +4,30 @@ it when its guess held, answered STALE_DRAFT unverified when not (scripted targe
 from __future__ import annotations
 
 import pytest
-from edgespec.wire.codec import Close, Closed, Draft, Error, Open, Opened, Verdict
+from edgespec.verify_daemon.engine import Engine, Reply
+from edgespec.wire.codec import Close, Closed, Draft, Error, Message, Open, Opened, Verdict
 from edgespec.wire.errors import ErrorCode, InvalidToken, OutOfSync, StaleDraft
 
-from .scripted import VOCAB, make_engine, run_steps, serve, target_greedy, tokens
+from .scripted import (
+    VOCAB,
+    ScriptedRunner,
+    make_engine,
+    run_steps,
+    serve,
+    target_greedy,
+    tokens,
+)
 
 PROMPT = [5, 6, 7, 8, 9]
 
 
-def opened_engine():  # type: ignore[no-untyped-def]
+def opened_engine() -> tuple[Engine, ScriptedRunner]:
     engine, runner = make_engine()
     assert serve(engine, b"p", 1, Open(tokens(*PROMPT), 40)) == Opened(5)
     return engine, runner
 
 
-def by_seq(replies: list) -> dict[int, object]:  # type: ignore[type-arg]
+def by_seq(replies: list[Reply]) -> dict[int, Message]:
     return {seq: msg for _peer, _sid, seq, msg, _epoch in replies}
 
 
