@@ -44,16 +44,22 @@ def round_seconds(k: int, a: float, t_draft: float, trip: float, pipelined: bool
     whose drafts and bonus guess all hold (``a^(k+1)``) costs the trip plus the drafting
     that did not fit in it, done after the verdict at ``t_idle``; any other round costs the
     sum. ``hit``: that probability when known otherwise than as ``a^(k+1)``. ``saved``: what
-    such a round saves besides, when the next draft went out chained before its verdict (the
-    wire: the next pass starts as this one ends).
+    such a round saves besides when the next draft goes out chained before its verdict (the
+    wire W: the next pass starts as this one ends); it costs ``max(trip - W, drafting)``
+    then, as the next pass cannot start before its draft is made, and the drafting must end
+    within the trip (else the verdict comes first and nothing is chained).
     """
     t_idle = t_idle or t_draft
     evals = k + 1 if k > 0 else 0
     if not pipelined:
         return evals * t_idle + trip
     hit = a ** (k + 1) if hit is None else hit
-    overhang = max(0.0, evals * t_draft - trip) * (t_idle / t_draft if t_draft else 1.0)
-    return hit * (max(0.0, trip - saved) + overhang) + (1.0 - hit) * (evals * t_idle + trip)
+    drafting = evals * t_draft
+    if drafting <= trip:
+        held = max(trip - saved, drafting)
+    else:
+        held = trip + (drafting - trip) * (t_idle / t_draft if t_draft else 1.0)
+    return hit * held + (1.0 - hit) * (evals * t_idle + trip)
 
 
 @dataclass(slots=True)

@@ -31,11 +31,13 @@ V(k+1)`` plus whatever drafting did not fit in it, done after the verdict at ``t
 ``T + max(0, n t_d - T) t_i / t_d`` (with ``t_i = t_d`` this is ``max(n t_d, T)``);
 otherwise drafting and the trip in turn:
 
-    C_p(k) = h (T - R + max(0, n t_d - T) t_i / t_d) + (1 - h) (n t_i + T).
+    C_p(k) = h H + (1 - h) (n t_i + T),
+    H = max(T - R, n t_d) if n t_d <= T, else T + (n t_d - T) t_i / t_d.
 
-The ``- R``: the drafts made ahead are also *sent* ahead, chained on that guess
-(``spec_loop.py``), so when it holds the next pass starts as this one ends and the next
-verdict follows this one by a pass, not by a round trip.
+The ``T - R``: the drafts made ahead are also *sent* ahead, chained on that guess
+(``spec_loop.py``), so when it holds the next pass starts as this one ends (or as its draft
+is made, if that is later) and the next verdict follows this one by a pass, not by a round
+trip. Drafting that outlasts the trip chains nothing: the verdict is back first.
 
 **Why one k is optimal.** Acceptance is independent across rounds, so rounds are renewal
 cycles: over many rounds tokens/s = sum(tokens) / sum(seconds) -> E[tokens] / E[cost], and a

@@ -259,3 +259,15 @@ def test_chained_drafts_favour_shorter_rounds_that_hold_more_often(a: float):
             assert cost == pytest.approx(hit * (trip - trips.wire) + (1 - hit) * (
                 chosen[chained] * 0.008 + 0.008 + trip))
     assert chosen[True] < chosen[False]
+
+
+def test_a_chained_round_that_holds_waits_for_its_next_draft_to_be_made():
+    """Saving the wire, a held round costs its pass, or the drafting of the next draft if
+    that takes longer; drafting past the whole trip chains nothing (the verdict is back)."""
+    trip, wire = 0.15, 0.10
+    fast = round_seconds(3, 0.0, 0.01, trip, True, hit=1.0, saved=wire)  # 4 evals: 40 ms
+    slow = round_seconds(7, 0.0, 0.012, trip, True, hit=1.0, saved=wire)  # 8 evals: 96 ms
+    past = round_seconds(15, 0.0, 0.012, trip, True, hit=1.0, saved=wire)  # 192 ms
+    assert fast == pytest.approx(trip - wire)
+    assert slow == pytest.approx(0.096)
+    assert past == pytest.approx(0.192) == round_seconds(15, 0.0, 0.012, trip, True, hit=1.0)
