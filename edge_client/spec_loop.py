@@ -161,7 +161,10 @@ def speculate(
                         next_k = 0
                     if not drafting or len(guesses) >= look:
                         break
-                    guesses += drafter.draft(1)
+                    guess = drafter.draft(1)
+                    if not guess:  # the draft's context is full: wait, do not spin
+                        break
+                    guesses += guess
                     drafted_at = time.perf_counter()
                     reply = link.poll(seq)
                 verdict = reply if reply is not None else link.wait(seq)
