@@ -263,8 +263,7 @@ class Engine:
         if base + len(msg.tokens) >= self.max_context:
             raise LimitExceeded(f"context of {self.max_context} tokens is full")
         self._check_fits(base + len(msg.tokens))
-        if after is None and msg.chained and (base != session.length
-                                              or session.tokens[-1] != msg.root):
+        if after is None and msg.chained and not _continues(session, base, msg.root):
             self.stale_drafts += 1  # came after the verdict it was chained on, which missed
             raise StaleDraft(f"chained draft continues {base} tokens ending in {msg.root}; "
                              f"the session holds {session.length} ending in "
@@ -287,8 +286,7 @@ class Engine:
         work, session.queued = session.queued, None
         if work is None:
             return None
-        if session.pending is None and work.base == session.length \
-                and session.tokens[-1] == work.root:
+        if session.pending is None and _continues(session, work.base, work.root):
             work.arrived_step = self.scheduler.step_no
             self.scheduler.submit(session, work)
             return None
@@ -318,7 +316,7 @@ class Engine:
     def step(self) -> list[Reply]:
         """Schedule, run one forward pass over every scheduled chunk, answer who is done."""
         batch = self.scheduler.schedule()
-        replies = [self._preempted(s, work) for s, work in batch.preempted]
+        replies = [reply for s, work in batch.preempted for reply in self._preempted(s, work)]
         if not batch.chunks:
             return replies
         start = time.perf_counter()
@@ -444,8 +442,9 @@ class Engine:
         self.scheduler.touch(session, now)
         return Reply(session.peer, session.sid, work.seq, Opened(session.length), work.epoch)
 
-    def _preempted(self, session: Session, work: Work) -> Reply:
-        """A session dropped because nothing fitted: busy for an OPEN, lost for a DRAFT."""
+    def _preempted(self, session: Session, work: Work) -> list[Reply]:
+        """A session dropped because nothing fitted: busy for an OPEN, lost for a DRAFT (and
+        stale for a draft chained on it)."""
         if work.kind == "open":
             self.busy += 1
             msg = Error(ErrorCode.OVERLOADED, "KV memory full; retry later",
@@ -453,12 +452,13 @@ class Engine:
         else:
             msg = Error(ErrorCode.UNKNOWN_SESSION,
                         "session evicted under memory pressure: re-open it with the full history")
+        replies = [Reply(session.peer, session.sid, work.seq, msg, work.epoch)]
         if session.queued is not None:  # answered too, after the round it was chained on
             queued, session.queued = session.queued, None
-            self.superseded.append(Reply(session.peer, session.sid, queued.seq, Error(
+            replies.append(Reply(session.peer, session.sid, queued.seq, Error(
                 ErrorCode.STALE_DRAFT, "the draft it was chained on was evicted"),
                 queued.epoch))
-        return Reply(session.peer, session.sid, work.seq, msg, work.epoch)
+        return replies
 
     def fail_waiting(self, message: str) -> list[Reply]:
         """After a failed step: drop every session with a request waiting, answering each."""
@@ -525,6 +525,12 @@ def auto_step_s(device: Any) -> float:
     target costs about 5 ms a token, so 150 ms still takes a few dozen prefill tokens a step;
     a GPU pass is short, so 50 ms."""
     return 0.05 if getattr(device, "type", "cpu") == "cuda" else 0.15
+
+
+def _continues(session: Session, base: int, root: int) -> bool:
+    """Whether a chained draft's guess held: the session is ``base`` tokens long, ending in
+    ``root``."""
+    return session.length == base and session.tokens[-1] == root
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
